@@ -1,0 +1,47 @@
+"""``EquivariantConv``: the fused gather -> tensor product -> scatter that MACE's interactions make."""
+
+from typing import List, Optional
+
+import torch
+
+from ..o3._tensor_product import TensorProductBase
+from ..ops.conv import conv as _conv_op
+
+
+class EquivariantConv(TensorProductBase):
+    """An e3nn tensor product fused with MACE's message passing.
+
+    ``forward(node_feats, edge_attrs, tp_weights, edge_index)`` returns
+    ``out[i] = sum_{e: edge_index[1, e] == i} TP(node_feats[edge_index[0, e]], edge_attrs[e], tp_weights[e])``,
+    i.e. what a MACE interaction computes with ``conv_tp`` and ``scatter_sum``, without the
+    ``[n_edges, irreps_out.dim]`` message tensor. Constructor arguments, buffers, parameters and weight
+    layout are e3nn's ``o3.TensorProduct``'s, so ``conv_tp.state_dict()`` of a MACE block loads unchanged.
+
+    Args: as ``e3nn.o3.TensorProduct``, plus ``deterministic``: edges must come sorted by receiver and
+    the sums run in a fixed order (bitwise reproducible on the GPU).
+
+    Shapes: ``node_feats [n_nodes, irreps_in1.dim]``, ``edge_attrs [n_edges, irreps_in2.dim]``,
+    ``tp_weights [n_edges, weight_numel]`` (``[weight_numel]`` or None when shared), ``edge_index [2, n_edges]``
+    int32 or int64 (row 0 sender, row 1 receiver) -> ``[n_nodes, irreps_out.dim]``.
+
+    >>> conv = EquivariantConv("8x0e", "0e+1o", "8x0e+8x1o", [(0, 0, 0, "uvu", True), (0, 1, 1, "uvu", True)])
+    >>> edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    >>> conv(torch.randn(3, 8), torch.randn(3, 4), torch.randn(3, conv.weight_numel), edge_index).shape
+    torch.Size([3, 32])
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions: List, shared_weights: bool = False,
+                 internal_weights: bool = False, in1_var=None, in2_var=None, out_var=None,
+                 irrep_normalization: Optional[str] = None, path_normalization: Optional[str] = None,
+                 deterministic: bool = False):
+        super().__init__(irreps_in1, irreps_in2, irreps_out, instructions, in1_var, in2_var, out_var,
+                         irrep_normalization, path_normalization, internal_weights, shared_weights)
+        self.deterministic = deterministic
+
+    def forward(self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, tp_weights: Optional[torch.Tensor],
+                edge_index: torch.Tensor, sender_perm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError("edge_index must have shape [2, n_edges], got " + str(list(edge_index.shape)))
+        weight = self._get_weights(tp_weights)
+        return _conv_op(node_feats, edge_attrs, weight, edge_index[0], edge_index[1], sender_perm, self._plan,
+                        self._cg, self.deterministic)

@@ -1,0 +1,6 @@
+"""e3nn-shaped modules (``e3nn.o3`` names and signatures) running on the batmobile ops."""
+
+from ._spherical_harmonics import SphericalHarmonics, spherical_harmonics
+from ._tensor_product import TensorProduct, TensorProductBase
+
+__all__ = ["SphericalHarmonics", "spherical_harmonics", "TensorProduct", "TensorProductBase"]

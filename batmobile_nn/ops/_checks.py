@@ -1,0 +1,133 @@
+"""Input validation shared by every op: clear ``ValueError``s instead of out-of-bounds reads.
+
+Shape, dtype and device checks need no data and also run in the fake (meta) implementations.
+Index-range checks read the indices, so they run in the real implementations only, and are
+skipped while a CUDA graph is being captured (a capture cannot synchronize).
+"""
+
+from typing import Sequence
+
+import torch
+
+from . import _plan
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+_check_indices = True
+
+
+def set_index_checks(enabled: bool) -> bool:
+    """Turn the index-range checks of the convolution on or off; returns the previous setting."""
+    global _check_indices
+    previous, _check_indices = _check_indices, bool(enabled)
+    return previous
+
+
+def _fail(op: str, message: str):
+    raise ValueError(f"batmobile.{op}: {message}")
+
+
+def float_tensor(op: str, name: str, t: torch.Tensor, ndim: int, last: int = -1):
+    if t.dtype not in FLOAT_DTYPES:
+        _fail(op, f"{name} must be float32 or float64, got {t.dtype}")
+    if t.dim() != ndim:
+        _fail(op, f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if last >= 0 and t.shape[-1] != last:
+        _fail(op, f"{name} must have last dimension {last}, got shape {tuple(t.shape)}")
+
+
+def same(op: str, tensors: dict):
+    first_name, first = next(iter(tensors.items()))
+    for name, t in tensors.items():
+        if t.dtype != first.dtype:
+            _fail(op, f"{name} is {t.dtype} but {first_name} is {first.dtype}: all inputs need one dtype")
+        if t.device != first.device:
+            _fail(op, f"{name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def plan(op: str, plan_: Sequence[int], cg: Sequence[float]):
+    if len(plan_) < _plan.HEADER or len(plan_) != _plan.HEADER + plan_[0] * _plan.INSTRUCTION_FIELDS:
+        _fail(op, "malformed plan: build it with batmobile_nn.ops.make_plan")
+    for ins in _plan.unpack(plan_):
+        size = (2 * ins["l1"] + 1) * (2 * ins["l2"] + 1) * (2 * ins["l_out"] + 1)
+        if ins["cg_offset"] + size > len(cg):
+            _fail(op, "malformed plan: cg table is shorter than the plan needs")
+
+
+def weights(op: str, weight: torch.Tensor, weight_numel: int, batch: int, batch_name: str):
+    if weight.dim() == 1:
+        if weight.shape[0] != weight_numel:
+            _fail(op, f"shared weight must have shape [{weight_numel}], got {tuple(weight.shape)}")
+    elif weight.dim() == 2:
+        if weight.shape != (batch, weight_numel):
+            _fail(op, f"weight must have shape [{batch_name}={batch}, weight_numel={weight_numel}] "
+                      f"(or [{weight_numel}] for shared weights), got {tuple(weight.shape)}")
+    else:
+        _fail(op, f"weight must be 1-D (shared) or 2-D (per {batch_name}), got shape {tuple(weight.shape)}")
+
+
+def tensor_product(op, in1, in2, weight, plan_, cg):
+    plan(op, plan_, cg)
+    dim1, dim2, _, weight_numel = _plan.dims(plan_)
+    float_tensor(op, "in1", in1, 2, dim1)
+    float_tensor(op, "in2", in2, 2, dim2)
+    same(op, {"in1": in1, "in2": in2, "weight": weight})
+    if in2.shape[0] != in1.shape[0]:
+        _fail(op, f"in1 and in2 need the same batch size, got {in1.shape[0]} and {in2.shape[0]}")
+    weights(op, weight, weight_numel, in1.shape[0], "batch")
+
+
+def conv(op, node_feats, edge_attrs, weight, sender, receiver, plan_, cg):
+    plan(op, plan_, cg)
+    dim1, dim2, _, weight_numel = _plan.dims(plan_)
+    float_tensor(op, "node_feats", node_feats, 2, dim1)
+    float_tensor(op, "edge_attrs", edge_attrs, 2, dim2)
+    same(op, {"node_feats": node_feats, "edge_attrs": edge_attrs, "weight": weight})
+    n_edges = edge_attrs.shape[0]
+    weights(op, weight, weight_numel, n_edges, "n_edges")
+    for name, index in (("sender", sender), ("receiver", receiver)):
+        if index.dtype not in INDEX_DTYPES:
+            _fail(op, f"{name} must be int32 or int64, got {index.dtype}")
+        if index.dim() != 1 or index.shape[0] != n_edges:
+            _fail(op, f"{name} must have shape [n_edges={n_edges}], got {tuple(index.shape)}")
+        if index.device != node_feats.device:
+            _fail(op, f"{name} is on {index.device} but node_feats is on {node_feats.device}")
+
+
+def index_ranges(op, n_nodes: int, **indices: torch.Tensor):
+    """Check ``0 <= index < n_nodes`` (reads the data: one synchronization on the GPU)."""
+    if not _check_indices or indices[next(iter(indices))].numel() == 0:
+        return
+    if indices[next(iter(indices))].is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    for name, index in indices.items():
+        lo, hi = torch.aminmax(index)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= n_nodes:
+            _fail(op, f"{name} holds indices in [{lo}, {hi}] but there are {n_nodes} nodes")
+
+
+def sorted_receivers(op, receiver: torch.Tensor):
+    if not _check_indices or receiver.numel() < 2:
+        return
+    if receiver.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if bool((receiver[1:] < receiver[:-1]).any()):
+        _fail(op, "deterministic=True needs edges sorted by receiver (edge_index[1]); "
+                  "sort them first, e.g. with torch.argsort(receiver, stable=True)")
+
+
+def sender_perm(op, perm: torch.Tensor, n_edges: int, device):
+    if perm.dtype not in INDEX_DTYPES or perm.dim() != 1 or perm.shape[0] != n_edges:
+        _fail(op, f"sender_perm must be an int32/int64 tensor of shape [{n_edges}], "
+                  f"got {perm.dtype} {tuple(perm.shape)}")
+    if perm.device != device:
+        _fail(op, f"sender_perm is on {perm.device} but the features are on {device}")
+
+
+def spherical_harmonics(op, vectors, ls, normalization, l_max_table):
+    float_tensor(op, "vectors", vectors, 2, 3)
+    if len(ls) == 0 or min(ls) < 0 or max(ls) > l_max_table:
+        _fail(op, f"ls must be a non-empty list of degrees in [0, {l_max_table}], got {list(ls)}")
+    if normalization not in ("integral", "component", "norm"):
+        _fail(op, f"normalization must be 'integral', 'component' or 'norm', got {normalization!r}")

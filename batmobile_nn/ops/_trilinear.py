@@ -1,0 +1,57 @@
+"""Double backward of an op that is linear in each of its three tensor inputs.
+
+The tensor product ``T(a, b, c)`` (and the convolution, which only adds a gather and a scatter)
+is linear in ``a``, ``b`` and ``c`` separately. Its backward ``B(g, a, b, c) = (dA, dB, dC)`` is
+then linear in ``g`` and in each input too, and the derivatives of ``<(ga, gb, gc), B(g, a, b, c)>``
+are again forward and backward calls: the double backward is built from the same two ops, so
+it is itself differentiable (any order) and runs on whatever kernels those ops have.
+"""
+
+from typing import Callable, List, Optional
+
+from torch import Tensor
+
+
+def _add(x: Optional[Tensor], y: Optional[Tensor]) -> Optional[Tensor]:
+    if x is None:
+        return y
+    return x if y is None else x + y
+
+
+def double_backward(forward: Callable, backward: Callable, grad_out: Tensor, a: Tensor, b: Tensor, c: Tensor,
+                    cotangents: List[Optional[Tensor]], needs: List[bool]):
+    """Gradients ``(grad_out, a, b, c)`` of ``<cotangents, backward(grad_out, a, b, c)>``.
+
+    ``forward(a, b, c)`` and ``backward(g, a, b, c, needs)`` close over the non-tensor arguments;
+    ``cotangents[i]`` is None where output ``i`` of the backward was not computed or not used;
+    ``needs`` says which of ``(grad_out, a, b, c)`` need a gradient.
+    """
+    ga, gb, gc = cotangents
+    need_g, need_a, need_b, need_c = needs
+    d_g = d_a = d_b = d_c = None
+    if ga is not None:
+        if need_g:
+            d_g = _add(d_g, forward(ga, b, c))
+        if need_b or need_c:
+            _, x_b, x_c = backward(grad_out, ga, b, c, [False, need_b, need_c])
+            d_b, d_c = _add(d_b, x_b if need_b else None), _add(d_c, x_c if need_c else None)
+    if gb is not None:
+        if need_g:
+            d_g = _add(d_g, forward(a, gb, c))
+        if need_a or need_c:
+            x_a, _, x_c = backward(grad_out, a, gb, c, [need_a, False, need_c])
+            d_a, d_c = _add(d_a, x_a if need_a else None), _add(d_c, x_c if need_c else None)
+    if gc is not None:
+        if need_g:
+            d_g = _add(d_g, forward(a, b, gc))
+        if need_a or need_b:
+            x_a, x_b, _ = backward(grad_out, a, b, gc, [need_a, need_b, False])
+            d_a, d_b = _add(d_a, x_a if need_a else None), _add(d_b, x_b if need_b else None)
+    return d_g, d_a, d_b, d_c
+
+
+def used(cotangent: Optional[Tensor], computed: bool) -> Optional[Tensor]:
+    """The cotangent of a backward output, or None where that output was an empty placeholder."""
+    if not computed or cotangent is None:
+        return None
+    return cotangent.contiguous()

@@ -1,0 +1,114 @@
+"""``torch.ops.batmobile.conv``: gather -> tensor product -> scatter, and its backward.
+
+``out[i] = sum_{e: receiver[e] == i} TP(node_feats[sender[e]], edge_attrs[e], weight[e])`` with
+``out`` of shape ``[n_nodes, dim_out]``, ``n_nodes = node_feats.shape[0]``. ``deterministic``
+asks for receiver-sorted edges (checked) and a fixed summation order; ``sender_perm`` (optional)
+is the permutation that sorts the edges by sender, which the GPU backward uses to sum without
+atomics (computed on demand when not given).
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from . import _checks, _plan, _trilinear
+
+OP = "conv"
+
+
+def _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg):
+    _checks.conv(OP, node_feats, edge_attrs, weight, sender, receiver, plan, cg)
+    if sender_perm is not None:
+        _checks.sender_perm(OP, sender_perm, edge_attrs.shape[0], node_feats.device)
+
+
+def _check_data(node_feats, sender, receiver, deterministic):
+    _checks.index_ranges(OP, node_feats.shape[0], sender=sender, receiver=receiver)
+    if deterministic:
+        _checks.sorted_receivers(OP, receiver)
+
+
+@torch.library.custom_op("batmobile::conv", mutates_args=())
+def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+         sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool) -> Tensor:
+    """``node_feats [n_nodes, dim_in1]``, ``edge_attrs [n_edges, dim_in2]``, ``weight [n_edges, weight_numel]``
+    (or shared ``[weight_numel]``), ``sender``/``receiver [n_edges]`` int32/int64 -> ``[n_nodes, dim_out]``."""
+    _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg)
+    _check_data(node_feats, sender, receiver, deterministic)
+    impl = _backend.implementation(OP, node_feats.device)
+    if impl is getattr(_backend.reference, OP):
+        return impl(node_feats, edge_attrs, weight, sender, receiver, plan, cg)
+    return impl(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
+
+
+@torch.library.custom_op("batmobile::conv_backward", mutates_args=())
+def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
+                  receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
+                  deterministic: bool, needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. ``(node_feats, edge_attrs, weight)``; those not in ``needs`` come back empty."""
+    _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, needs)
+    _check_data(node_feats, sender, receiver, deterministic)
+    impl = _backend.implementation(OP + "_backward", node_feats.device)
+    if impl is getattr(_backend.reference, OP + "_backward"):
+        return impl(grad_out, node_feats, edge_attrs, weight, sender, receiver, plan, cg, needs)
+    return impl(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic,
+                needs)
+
+
+def _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, needs):
+    _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg)
+    _checks.float_tensor(OP, "grad_out", grad_out, 2, _plan.dims(plan)[2])
+    _checks.same(OP, {"node_feats": node_feats, "grad_out": grad_out})
+    if grad_out.shape[0] != node_feats.shape[0] or len(needs) != 3:
+        raise ValueError(f"batmobile.{OP}: grad_out must be [n_nodes, dim_out] and needs 3 booleans")
+
+
+@conv.register_fake
+def _(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic):
+    _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg)
+    return node_feats.new_empty(node_feats.shape[0], _plan.dims(plan)[2])
+
+
+@conv_backward.register_fake
+def _(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic, needs):
+    _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, needs)
+    return tuple(torch.empty_like(t) if n else t.new_empty(0) for t, n in zip((node_feats, edge_attrs, weight), needs))
+
+
+def _setup(ctx, inputs, output):
+    node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic = inputs
+    ctx.save_for_backward(node_feats, edge_attrs, weight, sender, receiver, sender_perm)
+    ctx.args = (plan, cg, deterministic)
+
+
+def _backward(ctx, grad_out):
+    node_feats, edge_attrs, weight, sender, receiver, sender_perm = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:3])
+    grads = conv_backward(grad_out.contiguous(), node_feats, edge_attrs, weight, sender, receiver, sender_perm,
+                          *ctx.args, needs)
+    return *(g if n else None for g, n in zip(grads, needs)), None, None, None, None, None, None
+
+
+def _setup_backward(ctx, inputs, output):
+    grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic, needs = inputs
+    ctx.save_for_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm)
+    ctx.args = (plan, cg, deterministic)
+    ctx.computed = needs
+
+
+def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
+    grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm = ctx.saved_tensors
+    plan, cg, deterministic = ctx.args
+    graph = (sender, receiver, sender_perm)
+    cotangents = [_trilinear.used(g, c) for g, c in zip((grad_node, grad_edge, grad_weight), ctx.computed)]
+    grads = _trilinear.double_backward(
+        lambda a, b, c: conv(a, b, c, *graph, plan, cg, deterministic),
+        lambda g, a, b, c, needs: conv_backward(g, a, b, c, *graph, plan, cg, deterministic, needs),
+        grad_out, node_feats, edge_attrs, weight, cotangents, list(ctx.needs_input_grad[:4]))
+    return *grads, None, None, None, None, None, None, None
+
+
+conv.register_autograd(_backward, setup_context=_setup)
+conv_backward.register_autograd(_backward_backward, setup_context=_setup_backward)

@@ -1,0 +1,12 @@
+"""Pure-PyTorch implementations of every op: the CPU path and the test oracle.
+
+Same signatures as the ops in ``batmobile_nn.ops`` (``torch.ops.batmobile.*``).
+"""
+
+from .conv import conv, conv_backward
+from .spherical_harmonics import (spherical_harmonics, spherical_harmonics_backward,
+                                  spherical_harmonics_double_backward)
+from .tensor_product import tensor_product, tensor_product_backward
+
+__all__ = ["spherical_harmonics", "spherical_harmonics_backward", "spherical_harmonics_double_backward",
+           "tensor_product", "tensor_product_backward", "conv", "conv_backward"]

@@ -1,0 +1,32 @@
+"""The fused convolution in plain PyTorch: gather senders, tensor product, scatter to receivers.
+
+``out[i] = sum over edges e with receiver[e] == i of TP(node_feats[sender[e]], edge_attrs[e], weight[e])``
+(MACE's convention: ``edge_index[0]`` is the sender, ``edge_index[1]`` the receiver).
+``index_add_`` on the CPU sums in edge order, so this path is deterministic.
+"""
+
+from typing import List
+
+import torch
+
+from .tensor_product import tensor_product, tensor_product_backward
+
+
+def conv(node_feats: torch.Tensor, edge_attrs: torch.Tensor, weight: torch.Tensor, sender: torch.Tensor,
+         receiver: torch.Tensor, plan: List[int], cg: List[float]) -> torch.Tensor:
+    messages = tensor_product(node_feats[sender], edge_attrs, weight, plan, cg)  # [n_edges, dim_out]
+    out = node_feats.new_zeros(node_feats.shape[0], messages.shape[1])  # [n_nodes, dim_out]
+    return out.index_add_(0, receiver.long(), messages)
+
+
+def conv_backward(grad_out: torch.Tensor, node_feats: torch.Tensor, edge_attrs: torch.Tensor, weight: torch.Tensor,
+                  sender: torch.Tensor, receiver: torch.Tensor, plan: List[int], cg: List[float], needs: List[bool]):
+    """Gradients ``(node_feats, edge_attrs, weight)``; entries not in ``needs`` are empty tensors."""
+    grad_messages = grad_out[receiver]  # [n_edges, dim_out]
+    g_sender, g_edge, g_weight = tensor_product_backward(grad_messages, node_feats[sender], edge_attrs, weight,
+                                                         plan, cg, needs)
+    if needs[0]:
+        g_node = torch.zeros_like(node_feats).index_add_(0, sender.long(), g_sender)  # [n_nodes, dim_in1]
+    else:
+        g_node = node_feats.new_empty(0)
+    return g_node, g_edge, g_weight
