@@ -1,0 +1,6 @@
+"""Subcommands of ``batmobile-nn``: each module exposes ``register(subparsers)``.
+
+A subcommand sets ``func`` (called with the parsed arguments, returns an exit code) on its parser.
+"""
+
+COMMANDS = ["demo"]  # module names in this package, in the order ``--help`` lists them
