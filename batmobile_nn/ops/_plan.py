@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
+import torch
 from e3nn import o3
 
 MODES = {"uvu": 0, "uvw": 1}
@@ -94,7 +95,7 @@ def _make_plan_cached(key) -> TPPlan:
         mul_out, ir_out = tp.irreps_out[ins.i_out]
         if ins.connection_mode == "uvu" and mul_out != mul1:
             raise ValueError(f"instruction {tuple(ins)[:4]}: 'uvu' needs mul_out == mul_in1 ({mul_out} != {mul1})")
-        w3j = o3.wigner_3j(ir1.l, ir2.l, ir_out.l).double() * ins.path_weight  # [dim1, dim2, dim_out]
+        w3j = o3.wigner_3j(ir1.l, ir2.l, ir_out.l, dtype=torch.float64) * ins.path_weight  # [dim1, dim2, dim_out]
         n_weights = 1
         for s in ins.path_shape:
             n_weights *= s
@@ -107,7 +108,9 @@ def _make_plan_cached(key) -> TPPlan:
         if ins.has_weight:
             weight_offset += n_weights
     assert weight_offset == tp.weight_numel
-    e3nn_buffers = tuple((name, b.detach().double().clone()) for name, b in tp._compiled_main_left_right.named_buffers())
+    # names from e3nn's generated code; values recomputed in float64 (e3nn made them in the default dtype)
+    e3nn_buffers = tuple((name, o3.wigner_3j(*(int(l) for l in name.split("_")[-3:]), dtype=torch.float64))
+                         for name, _ in tp._compiled_main_left_right.named_buffers())
     return TPPlan(tp.irreps_in1, tp.irreps_in2, tp.irreps_out, tuple(tp.instructions),
                   tuple(plan), tuple(cg), tp.weight_numel, e3nn_buffers)
 

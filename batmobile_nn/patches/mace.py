@@ -1,0 +1,129 @@
+"""The MACE backend: ``patch`` / ``unpatch`` a mace-torch model in place.
+
+What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
+block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``). The symmetric
+contractions, linears and readouts stay e3nn modules for now; later swaps register themselves in
+the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
+and tensors) as the stock one, so it loads into stock MACE and back, and ``unpatch`` gives back the
+stock modules (a pickled unpatched model holds no reference to batmobile_nn).
+
+Supported interaction blocks (mace-torch 0.3.16), and subclasses that keep their ``forward``:
+``RealAgnosticInteractionBlock``, ``RealAgnosticResidualInteractionBlock``,
+``RealAgnosticDensityInteractionBlock``, ``RealAgnosticDensityResidualInteractionBlock``,
+``RealAgnosticAttResidualInteractionBlock``, ``RealAgnosticResidualNonLinearInteractionBlock``;
+in any model that holds them (``MACE``, ``ScaleShiftMACE``, multi-head, dipole models, ...).
+"""
+
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Tuple
+
+import torch
+from mace.modules import blocks as mace_blocks
+
+from ._conv import ConvSwap
+from ._registry import UnsupportedBlockWarning, register_swap, registered_swaps
+
+SUPPORTED_BLOCKS: Tuple[type, ...] = (
+    mace_blocks.RealAgnosticInteractionBlock,
+    mace_blocks.RealAgnosticResidualInteractionBlock,
+    mace_blocks.RealAgnosticDensityInteractionBlock,
+    mace_blocks.RealAgnosticDensityResidualInteractionBlock,
+    mace_blocks.RealAgnosticAttResidualInteractionBlock,
+    mace_blocks.RealAgnosticResidualNonLinearInteractionBlock,
+)
+
+
+def _fused_forwards() -> List[Callable]:
+    return [cls.forward for cls in SUPPORTED_BLOCKS]
+
+
+CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
+
+
+def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"expected a torch.nn.Module (a MACE model), got {type(model).__name__}")
+    for name, module in model.named_modules():
+        if isinstance(module, mace_blocks.InteractionBlock) or hasattr(module, "conv_tp"):
+            yield name or "<model>", module
+
+
+def patch(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap the e3nn modules of a MACE model for batmobile_nn's, in place; returns ``model``.
+
+    Every registered swap runs on every interaction block; a block that a swap cannot handle stays
+    stock, with one ``UnsupportedBlockWarning`` per block class naming it. Patching a patched model
+    changes nothing. The ``state_dict`` (keys and tensors) is unchanged.
+
+    Args:
+        model: a mace-torch model (``MACE``, ``ScaleShiftMACE``, multi-head, ...), or any module
+            containing MACE interaction blocks.
+
+    Returns:
+        ``model``, patched.
+
+    >>> model = patch(model)  # doctest: +SKIP
+    >>> out = model(batch.to_dict(), compute_force=True)  # doctest: +SKIP
+    """
+    unsupported: Dict[str, Dict[str, List[str]]] = {}  # block class -> reason -> block names
+    for name, block in _blocks(model):
+        for swap in registered_swaps():
+            if not swap.applies_to(block):
+                continue
+            reason = swap.why_unsupported(block)
+            if reason is None and not swap.is_patched(block):
+                try:
+                    swap.patch_block(block)
+                except ValueError as error:  # the block stays stock: swaps change nothing before they succeed
+                    reason = f"the {swap.name} swap failed: {error}"
+            if reason is not None:
+                unsupported.setdefault(type(block).__name__, {}).setdefault(reason, []).append(name)
+    for class_name, reasons in sorted(unsupported.items()):
+        details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in reasons.items())
+        warnings.warn(f"batmobile_nn.patch: left {class_name} stock ({details})", UnsupportedBlockWarning,
+                      stacklevel=2)
+    return model
+
+
+def unpatch(model: torch.nn.Module) -> torch.nn.Module:
+    """Put the stock e3nn modules back into a model patched with ``patch``, in place; returns ``model``.
+
+    Modules keep the model's current device, dtype and tensors; an unpatched model is a stock
+    mace-torch model (``torch.save`` of it needs no batmobile_nn to load). Unpatching a stock
+    model changes nothing.
+
+    >>> model = unpatch(model)  # doctest: +SKIP
+    >>> torch.save(model, "stock.model")  # doctest: +SKIP
+    """
+    for _, block in _blocks(model):
+        for swap in reversed(registered_swaps()):
+            if swap.applies_to(block) and swap.is_patched(block):
+                swap.unpatch_block(block)
+    return model
+
+
+def is_patched(model: torch.nn.Module) -> bool:
+    """Whether any block of ``model`` carries a batmobile_nn swap.
+
+    >>> is_patched(patch(model))  # doctest: +SKIP
+    True
+    """
+    return any(swap.applies_to(block) and swap.is_patched(block)
+               for _, block in _blocks(model) for swap in registered_swaps())
+
+
+@contextmanager
+def unpatched(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the ``with``, ``model`` is stock (e.g. to ``torch.save`` it); patched again after if it was.
+
+    >>> with unpatched(model):  # doctest: +SKIP
+    ...     torch.save(model, "stock.model")
+    """
+    was_patched = is_patched(model)
+    unpatch(model)
+    try:
+        yield model
+    finally:
+        if was_patched:
+            patch(model)
