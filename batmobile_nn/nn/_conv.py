@@ -30,6 +30,8 @@ class EquivariantConv(TensorProductBase):
     torch.Size([3, 32])
     """
 
+    deterministic: bool
+
     def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions: List, shared_weights: bool = False,
                  internal_weights: bool = False, in1_var=None, in2_var=None, out_var=None,
                  irrep_normalization: Optional[str] = None, path_normalization: Optional[str] = None,
@@ -40,6 +42,14 @@ class EquivariantConv(TensorProductBase):
 
     def forward(self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, tp_weights: Optional[torch.Tensor],
                 edge_index: torch.Tensor, sender_perm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args: ``node_feats [n_nodes, irreps_in1.dim]``, ``edge_attrs [n_edges, irreps_in2.dim]``,
+        ``tp_weights [n_edges, weight_numel]`` (``[weight_numel]`` when shared, None for internal weights),
+        ``edge_index [2, n_edges]`` int32/int64 (sender, receiver), ``sender_perm [n_edges]`` (optional, the
+        permutation sorting edges by sender).
+
+        Returns: ``[n_nodes, irreps_out.dim]``. Raises ``ValueError`` for bad shapes, dtypes, index ranges,
+        or unsorted receivers when ``deterministic``.
+        """
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError("edge_index must have shape [2, n_edges], got " + str(list(edge_index.shape)))
         weight = self._get_weights(tp_weights)

@@ -17,6 +17,13 @@ from ..ops.tensor_product import tensor_product as _tp_op
 class TensorProductBase(torch.nn.Module):
     """What the e3nn-shaped tensor-product modules share: plan, weights and e3nn's buffers."""
 
+    # class-level annotations: TorchScript reads these (instance-level ones in __init__ only warn)
+    weight_numel: int
+    internal_weights: bool
+    shared_weights: bool
+    _plan: List[int]
+    _cg: List[float]
+
     def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions: List, in1_var: Optional[List[float]] = None,
                  in2_var: Optional[List[float]] = None, out_var: Optional[List[float]] = None,
                  irrep_normalization: Optional[str] = None, path_normalization: Optional[str] = None,
@@ -30,8 +37,8 @@ class TensorProductBase(torch.nn.Module):
         self.irreps_in1, self.irreps_in2, self.irreps_out = tp_plan.irreps_in1, tp_plan.irreps_in2, tp_plan.irreps_out
         self.instructions = list(tp_plan.instructions)
         self.weight_numel = tp_plan.weight_numel
-        self._plan: List[int] = tp_plan.plan_list
-        self._cg: List[float] = tp_plan.cg_list
+        self._plan = tp_plan.plan_list
+        self._cg = tp_plan.cg_list
         # e3nn's defaults for the two flags
         if shared_weights is False and internal_weights is None:
             internal_weights = False
@@ -104,15 +111,28 @@ class TensorProduct(TensorProductBase):
                          irrep_normalization, path_normalization, internal_weights, shared_weights, normalization)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args: ``x [..., irreps_in1.dim]``, ``y [..., irreps_in2.dim]``, ``weight`` (``[..., weight_numel]``,
+        ``[weight_numel]`` when shared, or None for the internal weights); leading dims broadcast as in e3nn.
+
+        Returns: ``[..., irreps_out.dim]``. Raises ``ValueError`` for missing or misshaped weights or inputs.
+        """
         w = self._get_weights(weight)
-        shared = self.shared_weights or w.dim() == 1
-        # broadcast the leading (batch) dimensions as e3nn does
-        if shared:
-            batch = torch.broadcast_tensors(x[..., 0], y[..., 0])[0].shape
+        per_sample = not self.shared_weights and w.dim() > 1
+        # broadcast the leading (batch) dimensions as e3nn does; shapes only (weight_numel or a dim may be 0)
+        empty = x.new_empty(())
+        if per_sample:
+            batch = torch.broadcast_tensors(empty.expand(x.shape[:-1]), empty.expand(y.shape[:-1]),
+                                            empty.expand(w.shape[:-1]))[0].shape
         else:
-            batch = torch.broadcast_tensors(x[..., 0], y[..., 0], w[..., 0])[0].shape
-            w = w.expand(batch + (self.weight_numel,)).reshape(-1, self.weight_numel)
-        x = x.expand(batch + (x.shape[-1],)).reshape(-1, x.shape[-1])
-        y = y.expand(batch + (y.shape[-1],)).reshape(-1, y.shape[-1])
-        out = _tp_op(x, y, w, self._plan, self._cg)
+            batch = torch.broadcast_tensors(empty.expand(x.shape[:-1]), empty.expand(y.shape[:-1]))[0].shape
+        n = 1
+        for size in batch:
+            n *= size
+        x = x.expand(batch + (x.shape[-1],)).reshape(n, x.shape[-1])  # [n, irreps_in1.dim]
+        y = y.expand(batch + (y.shape[-1],)).reshape(n, y.shape[-1])  # [n, irreps_in2.dim]
+        if self.weight_numel == 0:
+            w = x.new_zeros(0)
+        elif per_sample:
+            w = w.expand(batch + (self.weight_numel,)).reshape(n, self.weight_numel)  # [n, weight_numel]
+        out = _tp_op(x, y, w, self._plan, self._cg)  # [n, irreps_out.dim]
         return out.reshape(batch + (out.shape[-1],))

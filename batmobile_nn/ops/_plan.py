@@ -69,6 +69,19 @@ def make_plan(irreps_in1, irreps_in2, irreps_out, instructions: Sequence,
     return _make_plan_cached(key)
 
 
+def _check_instruction(ins: tuple, irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, irreps_out: o3.Irreps) -> None:
+    """ValueErrors for what e3nn's constructor would only assert."""
+    for index, irreps, name in zip(ins[:3], (irreps_in1, irreps_in2, irreps_out), ("in1", "in2", "out")):
+        if not -len(irreps) <= index < len(irreps):  # e3nn indexes like Python
+            raise ValueError(f"e3nn rejects instruction {ins}: index {index} is out of range for "
+                             f"irreps_{name} {irreps}")
+    (mul1, ir1), (_, ir2), (mul_out, ir_out) = irreps_in1[ins[0]], irreps_in2[ins[1]], irreps_out[ins[2]]
+    if ir_out not in ir1 * ir2:
+        raise ValueError(f"e3nn rejects instruction {ins}: {ir_out} is not in {ir1} x {ir2}")
+    if ins[3] == "uvu" and mul_out != mul1:
+        raise ValueError(f"instruction {ins}: 'uvu' needs mul_out == mul_in1 ({mul_out} != {mul1})")
+
+
 @lru_cache(maxsize=256)
 def _make_plan_cached(key) -> TPPlan:
     irreps_in1, irreps_in2, irreps_out, instructions, in1_var, in2_var, out_var, irrep_norm, path_norm = key
@@ -78,7 +91,8 @@ def _make_plan_cached(key) -> TPPlan:
                              f"batmobile_nn implements {sorted(MODES)}")
         if ins[3] == "uvw" and not ins[4]:
             raise ValueError(f"instruction {ins}: 'uvw' needs weights (has_weight=True), as in e3nn")
-    # e3nn validates the instructions and computes each path's normalization.
+        _check_instruction(ins, o3.Irreps(irreps_in1), o3.Irreps(irreps_in2), o3.Irreps(irreps_out))
+    # e3nn computes each path's normalization (and would assert on anything the checks above let through).
     tp = o3.TensorProduct(irreps_in1, irreps_in2, irreps_out, list(instructions),
                           in1_var=None if in1_var is None else list(in1_var),
                           in2_var=None if in2_var is None else list(in2_var),
@@ -93,8 +107,6 @@ def _make_plan_cached(key) -> TPPlan:
         mul1, ir1 = tp.irreps_in1[ins.i_in1]
         mul2, ir2 = tp.irreps_in2[ins.i_in2]
         mul_out, ir_out = tp.irreps_out[ins.i_out]
-        if ins.connection_mode == "uvu" and mul_out != mul1:
-            raise ValueError(f"instruction {tuple(ins)[:4]}: 'uvu' needs mul_out == mul_in1 ({mul_out} != {mul1})")
         w3j = o3.wigner_3j(ir1.l, ir2.l, ir_out.l, dtype=torch.float64) * ins.path_weight  # [dim1, dim2, dim_out]
         n_weights = 1
         for s in ins.path_shape:
@@ -121,6 +133,23 @@ def unpack(plan: Sequence[int]):
     for i in range(n):
         start = HEADER + i * INSTRUCTION_FIELDS
         yield dict(zip(FIELDS, plan[start:start + INSTRUCTION_FIELDS]))
+
+
+def weighted_part(plan: Sequence[int]) -> List[int]:
+    """The plan without its weightless instructions: the part of the product that depends on the weights.
+
+    The product is ``T(x1, x2, w) = T_w(x1, x2, w) + T_0(x1, x2)`` where ``T_0`` gathers the paths without
+    weights; only ``T_w`` is linear in ``w``, so terms of the double backward that carry a cotangent of the
+    weights must use it (``ops/_trilinear.py``). Same header, weight layout and ``cg`` table.
+    """
+    kept = [i for i, ins in enumerate(unpack(plan)) if ins["weight_offset"] != NO_WEIGHT]
+    if len(kept) == plan[0]:
+        return list(plan)
+    out = [len(kept)] + list(plan[1:HEADER])
+    for i in kept:
+        start = HEADER + i * INSTRUCTION_FIELDS
+        out += plan[start:start + INSTRUCTION_FIELDS]
+    return out
 
 
 def dims(plan: Sequence[int]) -> Tuple[int, int, int, int]:

@@ -1,10 +1,13 @@
 """Double backward of an op that is linear in each of its three tensor inputs.
 
 The tensor product ``T(a, b, c)`` (and the convolution, which only adds a gather and a scatter)
-is linear in ``a``, ``b`` and ``c`` separately. Its backward ``B(g, a, b, c) = (dA, dB, dC)`` is
+is linear in ``a`` and ``b`` separately, and ``T = T_c + T_0`` with ``T_c`` linear in ``c`` and ``T_0``
+(the paths without weights) independent of ``c``. Its backward ``B(g, a, b, c) = (dA, dB, dC)`` is
 then linear in ``g`` and in each input too, and the derivatives of ``<(ga, gb, gc), B(g, a, b, c)>``
 are again forward and backward calls: the double backward is built from the same two ops, so
-it is itself differentiable (any order) and runs on whatever kernels those ops have.
+it is itself differentiable (any order) and runs on whatever kernels those ops have. The terms
+that carry the weights' cotangent ``gc`` take ``T_c`` alone (``forward_c``, ``backward_c``): with ``T``
+they would wrongly add ``T_0``'s contribution.
 """
 
 from typing import Callable, List, Optional
@@ -19,10 +22,12 @@ def _add(x: Optional[Tensor], y: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def double_backward(forward: Callable, backward: Callable, grad_out: Tensor, a: Tensor, b: Tensor, c: Tensor,
-                    cotangents: List[Optional[Tensor]], needs: List[bool]):
+                    cotangents: List[Optional[Tensor]], needs: List[bool], forward_c: Optional[Callable] = None,
+                    backward_c: Optional[Callable] = None):
     """Gradients ``(grad_out, a, b, c)`` of ``<cotangents, backward(grad_out, a, b, c)>``.
 
     ``forward(a, b, c)`` and ``backward(g, a, b, c, needs)`` close over the non-tensor arguments;
+    ``forward_c`` and ``backward_c`` are the same for the part linear in ``c`` (default: all of it);
     ``cotangents[i]`` is None where output ``i`` of the backward was not computed or not used;
     ``needs`` says which of ``(grad_out, a, b, c)`` need a gradient.
     """
@@ -42,10 +47,11 @@ def double_backward(forward: Callable, backward: Callable, grad_out: Tensor, a: 
             x_a, _, x_c = backward(grad_out, a, gb, c, [need_a, False, need_c])
             d_a, d_c = _add(d_a, x_a if need_a else None), _add(d_c, x_c if need_c else None)
     if gc is not None:
+        forward_c, backward_c = forward_c or forward, backward_c or backward
         if need_g:
-            d_g = _add(d_g, forward(a, b, gc))
+            d_g = _add(d_g, forward_c(a, b, gc))
         if need_a or need_b:
-            x_a, x_b, _ = backward(grad_out, a, b, gc, [need_a, need_b, False])
+            x_a, x_b, _ = backward_c(grad_out, a, b, gc, [need_a, need_b, False])
             d_a, d_b = _add(d_a, x_a if need_a else None), _add(d_b, x_b if need_b else None)
     return d_g, d_a, d_b, d_c
 

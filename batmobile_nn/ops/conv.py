@@ -103,10 +103,13 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     plan, cg, deterministic = ctx.args
     graph = (sender, receiver, sender_perm)
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_node, grad_edge, grad_weight), ctx.computed)]
+    plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
     grads = _trilinear.double_backward(
         lambda a, b, c: conv(a, b, c, *graph, plan, cg, deterministic),
         lambda g, a, b, c, needs: conv_backward(g, a, b, c, *graph, plan, cg, deterministic, needs),
-        grad_out, node_feats, edge_attrs, weight, cotangents, list(ctx.needs_input_grad[:4]))
+        grad_out, node_feats, edge_attrs, weight, cotangents, list(ctx.needs_input_grad[:4]),
+        lambda a, b, c: conv(a, b, c, *graph, plan_c, cg, deterministic),
+        lambda g, a, b, c, needs: conv_backward(g, a, b, c, *graph, plan_c, cg, deterministic, needs))
     return *grads, None, None, None, None, None, None, None
 
 

@@ -71,10 +71,13 @@ def _backward_backward(ctx, grad_in1, grad_in2, grad_weight):
     grad_out, in1, in2, weight = ctx.saved_tensors
     plan, cg = ctx.args
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_in1, grad_in2, grad_weight), ctx.computed)]
+    plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
     grads = _trilinear.double_backward(
         lambda a, b, c: tensor_product(a, b, c, plan, cg),
         lambda g, a, b, c, needs: tensor_product_backward(g, a, b, c, plan, cg, needs),
-        grad_out, in1, in2, weight, cotangents, list(ctx.needs_input_grad[:4]))
+        grad_out, in1, in2, weight, cotangents, list(ctx.needs_input_grad[:4]),
+        lambda a, b, c: tensor_product(a, b, c, plan_c, cg),
+        lambda g, a, b, c, needs: tensor_product_backward(g, a, b, c, plan_c, cg, needs))
     return *grads, None, None, None
 
 

@@ -9,7 +9,7 @@ With ``normalize=True`` the harmonics are evaluated at ``u = x / max(|x|, eps)``
 
 import math
 from functools import lru_cache
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -60,10 +60,17 @@ def _tables(ls: Tuple[int, ...], normalization: str):
     return exponents, V, G, H
 
 
+@lru_cache(maxsize=64)
+def _tables_on(ls: Tuple[int, ...], normalization: str, dtype: torch.dtype, device: torch.device):
+    """``_tables`` in ``dtype`` on ``device``, converted once."""
+    exponents, V, G, H = _tables(ls, normalization)
+    with torch.inference_mode(False):
+        return exponents.to(device), V.to(dtype=dtype, device=device), G.to(dtype=dtype, device=device), \
+            H.to(dtype=dtype, device=device)
+
+
 def _prepare(vectors, ls, normalization):
-    exponents, V, G, H = _tables(tuple(ls), normalization)
-    to = dict(dtype=vectors.dtype, device=vectors.device)
-    return exponents.to(vectors.device), V.to(**to), G.to(**to), H.to(**to)
+    return _tables_on(tuple(ls), normalization, vectors.dtype, vectors.device)
 
 
 def _monomials(u: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
@@ -112,7 +119,8 @@ def spherical_harmonics_double_backward(grad_grad_vectors: torch.Tensor, grad_sh
     Jv = _project(v, u, inv_r, projected)  # [n, 3]
     grad_grad_sh = (dY * Jv[:, :, None]).sum(1)  # [n, n_out]
     p = (dY * grad_sh[:, None, :]).sum(2)  # [n, 3]
-    hessian = torch.stack([torch.stack([((mono @ H[d, e]) * grad_sh).sum(1) for e in range(3)], 1) for d in range(3)], 1)
+    hessian = torch.stack([torch.stack([((mono @ H[d, e]) * grad_sh).sum(1) for e in range(3)], 1)
+                           for d in range(3)], 1)  # [n, 3, 3]
     grad_vectors = _project((hessian @ Jv[:, :, None])[:, :, 0], u, inv_r, projected)
     # curvature of u(x): sum_i p_i d2u_i/dx dx applied to v, only where the projection applies
     uv, pv, pu = (u * v).sum(1, keepdim=True), (p * v).sum(1, keepdim=True), (p * u).sum(1, keepdim=True)
