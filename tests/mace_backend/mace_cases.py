@@ -1,4 +1,4 @@
-"""Small mace-torch models and inputs for the tests in tests/mace (mace is imported only when used).
+"""Small mace-torch models and inputs for the tests in tests/mace_backend (mace is imported only when used).
 
 ``build_model(**arch)`` builds a tiny ``MACE`` / ``ScaleShiftMACE`` in float64 (e3nn keeps its constants
 in the default dtype, so float64 parity needs float64 construction); ``make_batch`` turns ASE structures
