@@ -1,0 +1,230 @@
+"""The CUDA implementations of the ops: the same signatures as ``batmobile_nn.reference``.
+
+Each function wraps the extension's ops (``torch.ops.batmobile_cuda.*``, ``csrc/``) and registers
+itself in ``_backend.KERNELS["cuda"]`` once ``load()`` has built or found the extension. The
+tensor-product plan becomes an int32 instruction table and a compact coefficient list on the device
+(cached per plan, device and dtype); the convolution's graph becomes receiver / sender CSR arrays
+computed with torch ops (stable argsort, searchsorted): no float atomics anywhere, so results are
+bitwise reproducible in both modes. Problems the kernels do not cover (degrees above the compiled
+maximum, shared memory over the device's limit) run on the reference with one warning each.
+"""
+
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _backend, _build, reference
+from .ops import _checks, _plan
+
+FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
+MAX_THREADS = 256
+INSTR_BYTES = FIELDS * 4
+_warned = set()
+
+
+def _ops():
+    return torch.ops.batmobile_cuda
+
+
+def _fallback(reason: str):
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"batmobile_nn: {reason}; running the pure-PyTorch reference path for it.",
+                      _backend.ReferencePathWarning, stacklevel=4)
+
+
+# ---- tensor-product plans ---------------------------------------------------------------------------
+@dataclass
+class _Tables:
+    instr: Optional[Tensor]  # int32 [n_instr, FIELDS] on the device
+    cg: Optional[Tensor]  # [n_cg] coefficients at the compiled non-zero pattern, in pattern order
+    threads: int
+    reason: str = ""  # why the kernels cannot run this plan ("" when they can)
+
+
+_patterns: Dict[Tuple[int, int, int], List[int]] = {}
+_tables: Dict[tuple, _Tables] = {}
+
+
+def _pattern_index(l1: int, l2: int, l_out: int) -> List[int]:
+    """Flat indices into wigner_3j(l1, l2, l_out).flatten() of the compiled non-zero pattern."""
+    key = (l1, l2, l_out)
+    if key not in _patterns:
+        pattern = _ops().cg_pattern(l1, l2, l_out).tolist()  # [[i, j, k], ...]
+        d2, do = 2 * l2 + 1, 2 * l_out + 1
+        _patterns[key] = [(i * d2 + j) * do + k for i, j, k in pattern]
+    return _patterns[key]
+
+
+def _smem_bytes(dims, n_cg: int, n_instr: int, threads: int, itemsize: int) -> int:
+    dim1, dim2, dim_out, _ = dims
+    backward = dim_out + 2 * dim1 + dim2 + dim2 * threads + n_cg  # the larger of the two kernels
+    return backward * itemsize + n_instr * INSTR_BYTES
+
+
+def _build_tables(plan: Tuple[int, ...], cg: Tuple[float, ...], device: torch.device, dtype: torch.dtype) -> _Tables:
+    l_in_max, l_out_max = (int(l) for l in _ops().cg_max_l())
+    rows, values, widest = [], [], 1
+    for ins in _plan.unpack(plan):
+        l1, l2, l_out = ins["l1"], ins["l2"], ins["l_out"]
+        if max(l1, l2) > l_in_max or l_out > l_out_max:
+            return _Tables(None, None, 0, f"tensor-product paths beyond l1, l2 <= {l_in_max}, l_out <= {l_out_max} "
+                                          "have no CUDA kernel")
+        size = (2 * l1 + 1) * (2 * l2 + 1) * (2 * l_out + 1)
+        block = cg[ins["cg_offset"]: ins["cg_offset"] + size]
+        index = _pattern_index(l1, l2, l_out)
+        outside = set(range(size)) - set(index)
+        if any(block[i] != 0.0 for i in outside):
+            return _Tables(None, None, 0, "coefficients outside the Wigner-3j pattern have no CUDA kernel")
+        rows.append([ins[name] for name in _plan.FIELDS[:-1]] + [len(values)])
+        values += [block[i] for i in index]
+        widest = max(widest, ins["mul1"], ins["mul_out"])
+    threads = min(MAX_THREADS, (widest + 31) // 32 * 32)
+    itemsize = torch.finfo(dtype).bits // 8
+    limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 48 * 1024)
+    while threads > 32 and _smem_bytes(_plan.dims(plan), len(values), len(rows), threads, itemsize) > limit:
+        threads //= 2
+    if _smem_bytes(_plan.dims(plan), len(values), len(rows), threads, itemsize) > limit:
+        return _Tables(None, None, 0, f"this tensor product needs more than the device's {limit} bytes of "
+                                      "shared memory per block")
+    instr = torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1, FIELDS)
+    return _Tables(instr, torch.tensor(values, dtype=dtype, device=device), threads)
+
+
+def _tables_for(plan: List[int], cg: List[float], device: torch.device, dtype: torch.dtype) -> _Tables:
+    key = (tuple(plan), tuple(cg), device, dtype)
+    tables = _tables.get(key)
+    if tables is None:
+        tables = _tables[key] = _build_tables(key[0], key[1], device, dtype)
+    return tables
+
+
+# ---- graphs ---------------------------------------------------------------------------------------
+def _csr(index: Tensor, n_nodes: int, order: Optional[Tensor]) -> Tensor:
+    """Row pointers [n_nodes + 1] (int64) of ``index[order]`` (sorted) by node."""
+    keys = index if order is None else index[order]
+    nodes = torch.arange(n_nodes + 1, device=index.device, dtype=keys.dtype)
+    return torch.searchsorted(keys, nodes)
+
+
+def _receiver_graph(receiver: Tensor, n_nodes: int, deterministic: bool):
+    """``(edge_order or None, row_ptr)``: edges grouped by receiver, in edge order within a receiver."""
+    order = None if deterministic else torch.argsort(receiver, stable=True)
+    return order, _csr(receiver, n_nodes, order)
+
+
+def _sender_graph(sender: Tensor, n_nodes: int, sender_perm: Optional[Tensor]):
+    if sender_perm is None:
+        order = torch.argsort(sender, stable=True)
+    else:
+        order = sender_perm.long().contiguous()
+        if _checks._check_indices and sender.numel() > 1 and not torch.cuda.is_current_stream_capturing():
+            keys = sender[order]
+            if bool((keys[1:] < keys[:-1]).any()):
+                raise ValueError("batmobile.conv: sender_perm does not sort the edges by sender (edge_index[0])")
+    return order, _csr(sender, n_nodes, order)
+
+
+# ---- tensor product and convolution ---------------------------------------------------------------
+def tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg: List[float]) -> Tensor:
+    tables = _tables_for(plan, cg, in1.device, in1.dtype)
+    if tables.reason:
+        _fallback(tables.reason)
+        return reference.tensor_product(in1, in2, weight, plan, cg)
+    return _ops().tp_forward(in1.contiguous(), in2.contiguous(), weight.contiguous(), None, None, None, tables.instr,
+                             tables.cg, _plan.dims(plan)[2], tables.threads)
+
+
+def tensor_product_backward(grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int],
+                            cg: List[float], needs: List[bool]):
+    tables = _tables_for(plan, cg, in1.device, in1.dtype)
+    if tables.reason:
+        _fallback(tables.reason)
+        return reference.tensor_product_backward(grad_out, in1, in2, weight, plan, cg, needs)
+    g1, g2, gw = _ops().tp_backward(grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(),
+                                    None, None, None, tables.instr, tables.cg, list(needs), tables.threads)
+    if needs[2] and weight.dim() == 1:
+        gw = gw.sum(0)  # [weight_numel]: the kernel's per-block partial sums, added in a fixed order
+    return g1, g2, gw
+
+
+def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+         sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool) -> Tensor:
+    tables = _tables_for(plan, cg, node_feats.device, node_feats.dtype)
+    if tables.reason:
+        _fallback(tables.reason)
+        return reference.conv(node_feats, edge_attrs, weight, sender, receiver, plan, cg)
+    order, row_ptr = _receiver_graph(receiver, node_feats.shape[0], deterministic)
+    return _ops().tp_forward(node_feats.contiguous(), edge_attrs.contiguous(), weight.contiguous(),
+                             sender.long().contiguous(), order, row_ptr, tables.instr, tables.cg,
+                             _plan.dims(plan)[2], tables.threads)
+
+
+def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
+                  receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
+                  deterministic: bool, needs: List[bool]):
+    tables = _tables_for(plan, cg, node_feats.device, node_feats.dtype)
+    if tables.reason:
+        _fallback(tables.reason)
+        return reference.conv_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, plan, cg, needs)
+    n_nodes = node_feats.shape[0]
+    order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
+    sender64 = sender.long().contiguous()
+    g_edge1, g2, gw = _ops().tp_backward(grad_out.contiguous(), node_feats.contiguous(), edge_attrs.contiguous(),
+                                         weight.contiguous(), sender64, order, row_ptr, tables.instr, tables.cg,
+                                         list(needs), tables.threads)
+    g1 = g_edge1  # [n_edges, dim1] per edge -> [n_nodes, dim1] summed by sender
+    if needs[0]:
+        sender_order, sender_ptr = _sender_graph(sender64, n_nodes, sender_perm)
+        g1 = _ops().segment_sum(g_edge1, sender_order, sender_ptr)
+    if needs[2] and weight.dim() == 1:
+        gw = gw.sum(0)
+    return g1, g2, gw
+
+
+# ---- spherical harmonics --------------------------------------------------------------------------
+_sh_max_l: List[int] = []
+
+
+def _sh_supported(ls: List[int]) -> bool:
+    if not _sh_max_l:
+        _sh_max_l.append(int(_ops().sh_max_l()))
+    if max(ls) > _sh_max_l[0] or len(ls) > 32:
+        _fallback(f"spherical harmonics of degree > {_sh_max_l[0]} (or more than 32 entries in ls) have no CUDA kernel")
+        return False
+    return True
+
+
+def spherical_harmonics(vectors: Tensor, ls: List[int], normalize: bool, normalization: str) -> Tensor:
+    if not _sh_supported(ls):
+        return reference.spherical_harmonics(vectors, ls, normalize, normalization)
+    return _ops().sh_forward(vectors.contiguous(), list(ls), normalize, normalization)
+
+
+def spherical_harmonics_backward(grad_sh: Tensor, vectors: Tensor, ls: List[int], normalize: bool,
+                                 normalization: str) -> Tensor:
+    if not _sh_supported(ls):
+        return reference.spherical_harmonics_backward(grad_sh, vectors, ls, normalize, normalization)
+    return _ops().sh_backward(grad_sh.contiguous(), vectors.contiguous(), list(ls), normalize, normalization)
+
+
+def spherical_harmonics_double_backward(grad_grad_vectors: Tensor, grad_sh: Tensor, vectors: Tensor, ls: List[int],
+                                        normalize: bool, normalization: str):
+    if not _sh_supported(ls):
+        return reference.spherical_harmonics_double_backward(grad_grad_vectors, grad_sh, vectors, ls, normalize,
+                                                             normalization)
+    return _ops().sh_double_backward(grad_grad_vectors.contiguous(), grad_sh.contiguous(), vectors.contiguous(),
+                                     list(ls), normalize, normalization)
+
+
+KERNEL_NAMES = ("spherical_harmonics", "spherical_harmonics_backward", "spherical_harmonics_double_backward",
+                "tensor_product", "tensor_product_backward", "conv", "conv_backward")
+
+
+def load(device: Optional[torch.device] = None) -> None:
+    """Build (or find in the cache) and load the extension, then register the kernels for CUDA tensors."""
+    _build.load(device)
+    _backend.KERNELS["cuda"] = {name: globals()[name] for name in KERNEL_NAMES}

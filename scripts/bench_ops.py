@@ -1,0 +1,256 @@
+"""Benchmark the ops against e3nn (and cuEquivariance / OpenEquivariance when installed): median ms.
+
+Cases (issue 3): spherical harmonics l = 3 (20k and 150k edges); the Batmobile seed's tensor product
+(34 uvw paths, shared weights, C x (0e+1e+2e+3e), 20k edges C = 32 and 150k edges C = 64) forward and
+backward; the MACE-MP-medium convolution (128x0e+128x1o (x) sh l <= 3, MACE's 10 uvu paths; 170k and
+700k edges) forward, backward and double backward, float32 and float64. Every baseline computes the same
+function. Bandwidth: bytes of the inputs read once and outputs written once, over the time, as a
+fraction of the device's measured device-to-device copy rate.
+
+Usage: python scripts/bench_ops.py [--out bench.json] [--png bench.png] [--quick] [--only sh,tp,conv]
+       [--max-edges N]
+``--quick`` runs tiny shapes on the CPU (smoke test).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import batmobile_nn  # noqa: F401  (before e3nn: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for e3nn 0.4.4)
+from batmobile_nn.ops import conv, make_plan, spherical_harmonics, tensor_product
+from e3nn import o3
+
+WARMUP, REPEATS = 5, 25
+
+
+def timed(fn, device, repeats=None):
+    """Median milliseconds of ``fn()`` over ``repeats`` runs after warm-up (CUDA events on the GPU)."""
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(repeats or REPEATS):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read and written."""
+    n = (1 << 28) if device.type == "cuda" else (1 << 22)
+    a, b = torch.empty(n, device=device), torch.empty(n, device=device)
+    a.normal_()
+    ms = timed(lambda: b.copy_(a), device)
+    return 2 * n * 4 / (ms * 1e-3)
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def run_or_oom(fn):
+    try:
+        return fn()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+
+
+def grad_fn(f, inputs, grad_out):
+    return lambda: torch.autograd.grad(f(), inputs, grad_out)
+
+
+def double_grad_fn(f, inputs, target):
+    """Energy-and-forces-like: grad of sum(out^2) w.r.t. inputs with create_graph, then grad of a scalar of
+    it w.r.t. ``target`` (what a force loss does)."""
+    def run():
+        grads = torch.autograd.grad(f().square().sum(), inputs, create_graph=True)
+        return torch.autograd.grad(grads[1].square().sum(), target)
+    return run
+
+
+# ---- cases ------------------------------------------------------------------------------------------
+def bench_sh(device, dtype, n_edges, record):
+    vectors = torch.randn(n_edges, 3, device=device, dtype=dtype)
+    ours = timed(lambda: spherical_harmonics(vectors, [0, 1, 2, 3], True, "component"), device)
+    e3nn = timed(lambda: o3.spherical_harmonics([0, 1, 2, 3], vectors, True, normalization="component"), device)
+    record("spherical_harmonics l=3", n_edges, dtype, ours, {"e3nn": e3nn}, nbytes(vectors) * (1 + 16 / 3))
+
+
+def seed_tp(channels):
+    irreps = o3.Irreps([(channels, (l, 1)) for l in range(4)])
+    instructions = [(a, b, c, "uvw", True) for a in range(4) for b in range(4) for c in range(4)
+                    if abs(a - b) <= c <= a + b]
+    return irreps, o3.Irreps("0e+1e+2e+3e"), irreps, instructions
+
+
+def bench_tp(device, dtype, n_edges, channels, record):
+    irreps_in1, irreps_in2, irreps_out, instructions = seed_tp(channels)
+    plan = make_plan(irreps_in1, irreps_in2, irreps_out, instructions)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    e3nn_tp = o3.TensorProduct(irreps_in1, irreps_in2, irreps_out, instructions, shared_weights=True,
+                               internal_weights=False).to(device)
+    torch.set_default_dtype(previous)
+    x = torch.randn(n_edges, irreps_in1.dim, device=device, dtype=dtype, requires_grad=True)
+    y = torch.randn(n_edges, irreps_in2.dim, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(plan.weight_numel, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(n_edges, irreps_out.dim, device=device, dtype=dtype)
+
+    def ours():
+        return tensor_product(x, y, w, plan.plan_list, plan.cg_list)
+
+    def theirs():
+        return e3nn_tp(x, y, w)
+
+    label = f"tensor_product seed uvw C={channels}"
+    with torch.no_grad():
+        t_ours, t_e3nn = timed(ours, device), run_or_oom(lambda: timed(theirs, device))
+    record(label, n_edges, dtype, t_ours, {"e3nn": t_e3nn}, nbytes(x, y, w, g))
+    t_ours = timed(grad_fn(ours, [x, y, w], g), device)
+    t_e3nn = run_or_oom(lambda: timed(grad_fn(theirs, [x, y, w], g), device))
+    record(label + " backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, nbytes(x, y, w, g) * 2)
+
+
+def mace_medium_conv():
+    irreps_node, irreps_sh = o3.Irreps("128x0e+128x1o"), o3.Irreps.spherical_harmonics(3)
+    target = o3.Irreps("128x0e+128x1o+128x2e+128x3o")
+    instructions, mid = [], []
+    for i, (mul, ir1) in enumerate(irreps_node):
+        for j, (_, ir2) in enumerate(irreps_sh):
+            for ir in ir1 * ir2:
+                if ir in target:
+                    instructions.append((i, j, len(mid), "uvu", True))
+                    mid.append((mul, ir))
+    return irreps_node, irreps_sh, o3.Irreps(mid), instructions
+
+
+def bench_conv(device, dtype, n_edges, record, neighbours=35):
+    irreps_node, irreps_sh, irreps_out, instructions = mace_medium_conv()
+    plan = make_plan(irreps_node, irreps_sh, irreps_out, instructions)
+    n_nodes = max(1, n_edges // neighbours)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    e3nn_tp = o3.TensorProduct(irreps_node, irreps_sh, irreps_out, instructions, shared_weights=False,
+                               internal_weights=False).to(device)
+    torch.set_default_dtype(previous)
+    receiver = torch.randint(0, n_nodes, (n_edges,), device=device).sort().values
+    sender = torch.randint(0, n_nodes, (n_edges,), device=device)
+    x = torch.randn(n_nodes, irreps_node.dim, device=device, dtype=dtype, requires_grad=True)
+    y = torch.randn(n_edges, irreps_sh.dim, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(n_edges, plan.weight_numel, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(n_nodes, irreps_out.dim, device=device, dtype=dtype)
+
+    def ours():
+        return conv(x, y, w, sender, receiver, None, plan.plan_list, plan.cg_list, True)
+
+    def theirs():
+        messages = e3nn_tp(x[sender], y, w)  # [n_edges, dim_out]
+        return torch.zeros(n_nodes, irreps_out.dim, device=device, dtype=dtype).index_add_(0, receiver, messages)
+
+    label = "conv mace-mp-medium"
+    forward_bytes = nbytes(x, y, w, g)
+    with torch.no_grad():
+        t_ours, t_e3nn = timed(ours, device), run_or_oom(lambda: timed(theirs, device))
+    record(label + " forward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, forward_bytes)
+    t_ours = timed(grad_fn(ours, [x, y, w], g), device)
+    t_e3nn = run_or_oom(lambda: timed(grad_fn(theirs, [x, y, w], g), device))
+    record(label + " backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, forward_bytes + nbytes(x, y, w))
+    t_ours = timed(double_grad_fn(ours, [x, y, w], [x, y, w]), device)
+    t_e3nn = run_or_oom(lambda: timed(double_grad_fn(theirs, [x, y, w], [x, y, w]), device))
+    record(label + " double backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, None)
+
+
+# ---- driver ---------------------------------------------------------------------------------------
+def main():
+    global WARMUP, REPEATS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--png", default=None, help="bar chart (default: --out with .png)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes on the CPU")
+    parser.add_argument("--only", default="sh,tp,conv")
+    parser.add_argument("--max-edges", type=int, default=10**9, help="skip the larger shapes")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per case (median)")
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
+    scale = 1000 if args.quick else 1
+    REPEATS = args.repeats
+    if args.quick:
+        WARMUP, REPEATS = 1, 3
+    bandwidth = copy_bandwidth(device)
+    rows = []
+
+    def record(op, n_edges, dtype, ours, baselines, bytes_moved):
+        row = {"op": op, "edges": n_edges, "dtype": str(dtype).replace("torch.", ""), "ours_ms": ours,
+               "baselines_ms": baselines,
+               "speedup": {k: (v / ours if v else None) for k, v in baselines.items()},
+               "bandwidth_fraction": (bytes_moved / (ours * 1e-3) / bandwidth) if bytes_moved else None}
+        rows.append(row)
+        base = " ".join(f"{k} {v:.3f}" if v else f"{k} oom" for k, v in baselines.items())
+        speed = " ".join(f"x{s:.1f}" for s in row["speedup"].values() if s)
+        frac = f" {row['bandwidth_fraction']:.0%} of copy bw" if row["bandwidth_fraction"] else ""
+        print(f"{op:40s} {n_edges:>8d} {row['dtype']:8s} ours {ours:8.3f} ms | {base} ms {speed}{frac}", flush=True)
+
+    only = set(args.only.split(","))
+
+    def guarded(case, *case_args):  # one case running out of memory must not end the run
+        try:
+            case(*case_args)
+        except torch.cuda.OutOfMemoryError as exc:
+            print(f"{case.__name__} {case_args[1:3]}: out of memory ({str(exc).splitlines()[0]})", flush=True)
+            torch.cuda.empty_cache()
+
+    for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
+        if "sh" in only and dtype == torch.float32:
+            for n in (20_000, 150_000):
+                if n <= args.max_edges:
+                    guarded(bench_sh, device, dtype, n // scale, record)
+        if "tp" in only and dtype == torch.float32:
+            for n, c in ((20_000, 32), (150_000, 64)):
+                if n <= args.max_edges:
+                    guarded(bench_tp, device, dtype, n // scale, c // (8 if args.quick else 1), record)
+        if "conv" in only:
+            for n in (170_000, 700_000):
+                if n <= args.max_edges:
+                    guarded(bench_conv, device, dtype, n // scale, record)
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "copy_bandwidth_GBps": bandwidth / 1e9, "warmup": WARMUP,
+              "repeats": REPEATS, "rows": rows}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    plot(rows, args.png or os.path.splitext(args.out)[0] + ".png")
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    labels = [f"{r['op']} {r['edges']} {r['dtype']}" for r in rows]
+    speedups = [r["speedup"].get("e3nn") or 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 1))
+    ax.barh(labels, speedups)
+    ax.axvline(1.0, color="k", lw=0.5)
+    ax.set_xlabel("speedup over e3nn (median time ratio)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The CUDA checks, in one command on the GPU machine (see ../shared/gpu/README.md): build the kernels
+# (timed), run the GPU tests, compute-sanitizer memcheck and racecheck on a small problem, and the
+# benchmark when scripts/bench_ops.py exists. From the repo root, with .whl/ carried:
+#   bash scripts/gpu_check.sh
+# Logs go to $OUT (the device tool's folder; /tmp/out elsewhere); the built extension is tarred into
+# $OUT/batmobile_nn_cache.tar.gz: copy it into .whl/ here and the next run skips the build.
+source .whl/setup.sh || exit 1
+set -o pipefail
+OUT=${OUT:-/tmp/out}
+export BATMOBILE_NN_CACHE=/tmp/batmobile_nn_cache MAX_JOBS=${MAX_JOBS:-16}
+mkdir -p "$BATMOBILE_NN_CACHE"
+[ -f .whl/batmobile_nn_cache.tar.gz ] && tar -C "$BATMOBILE_NN_CACHE" -xzf .whl/batmobile_nn_cache.tar.gz
+rm -f "$OUT/pip-install.log" "$OUT/oeq-build.log"  # setup.sh's logs: the tool returns 8 files at most
+
+echo "=== build ($(date +%T))"
+start=$(date +%s)
+timeout "${BUILD_TIMEOUT:-420}" python3 -c "
+import torch
+from batmobile_nn import _build
+print(_build.build(torch.device('cuda')))" 2>&1 | tee "$OUT/build.log" || { echo "BUILD FAILED"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
+(cd "$BATMOBILE_NN_CACHE" && tar -czf "$OUT/batmobile_nn_cache.tar.gz" */*.so)
+
+echo "=== tests ($(date +%T))"
+timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m cuda -q tests/cuda -p no:cacheprovider --timeout 240 \
+    --maxfail 80 -rf --durations=12 2>&1 | tee "$OUT/cuda-tests.log"
+
+echo "=== compute-sanitizer ($(date +%T))"
+cat > /tmp/sanitize_case.py <<'EOF'
+# A small problem through every kernel: harmonics, convolution forward / backward / double backward
+# (atomic and deterministic), and a uvw tensor product with shared weights.
+import torch
+
+import batmobile_nn  # noqa: F401  (before e3nn: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for e3nn 0.4.4)
+from e3nn import o3
+from batmobile_nn.ops import conv, make_plan, spherical_harmonics, tensor_product
+
+torch.manual_seed(0)
+dev = "cuda"
+node, sh_irreps = o3.Irreps("8x0e+8x1o"), o3.Irreps.spherical_harmonics(3)
+mid = []
+instructions = []
+for i, (mul, ir1) in enumerate(node):
+    for j, (_, ir2) in enumerate(sh_irreps):
+        for ir in ir1 * ir2:
+            if ir.l <= 3:
+                instructions.append((i, j, len(mid), "uvu", True))
+                mid.append((mul, ir))
+plan = make_plan(node, sh_irreps, o3.Irreps(mid), instructions)
+uvw = make_plan("4x0e+4x1e+4x2e", "0e+1e+2e", "4x0e+4x1e+4x2e",
+                [(a, b, c, "uvw", True) for a in range(3) for b in range(3) for c in range(3) if abs(a - b) <= c <= a + b])
+for dtype in (torch.float32, torch.float64):
+    for deterministic in (False, True):
+        receiver = torch.randint(0, 10, (40,), device=dev)
+        receiver = receiver.sort().values if deterministic else receiver
+        sender = torch.randint(0, 10, (40,), device=dev)
+        vectors = torch.randn(40, 3, device=dev, dtype=dtype, requires_grad=True)
+        x = torch.randn(10, node.dim, device=dev, dtype=dtype, requires_grad=True)
+        w = torch.randn(40, plan.weight_numel, device=dev, dtype=dtype, requires_grad=True)
+        sh = spherical_harmonics(vectors, [0, 1, 2, 3], True, "component")
+        out = conv(x, sh, w, sender, receiver, None, plan.plan_list, plan.cg_list, deterministic)
+        grads = torch.autograd.grad(out.square().sum(), [x, vectors, w], create_graph=True)
+        torch.autograd.grad(sum(g.square().sum() for g in grads), [x, vectors, w])
+    a = torch.randn(16, 36, device=dev, dtype=dtype, requires_grad=True)
+    b = torch.randn(16, 9, device=dev, dtype=dtype, requires_grad=True)
+    wt = torch.randn(uvw.weight_numel, device=dev, dtype=dtype, requires_grad=True)
+    y = tensor_product(a, b, wt, uvw.plan_list, uvw.cg_list)
+    torch.autograd.grad(y.square().sum(), [a, b, wt])
+torch.cuda.synchronize()
+print("sanitize case done")
+EOF
+python3 /tmp/sanitize_case.py > /dev/null 2>&1  # compile / cache warm-up outside the sanitizer
+for tool in memcheck racecheck; do
+  echo "--- $tool"
+  timeout "${SAN_TIMEOUT:-150}" /usr/local/cuda/bin/compute-sanitizer --tool $tool --error-exitcode 7 \
+      --kernel-name kns=batmobile python3 /tmp/sanitize_case.py 2>&1 | tail -15
+  echo "$tool exit code: ${PIPESTATUS[0]}"
+done 2>&1 | tee "$OUT/sanitizer.log"
+
+if [ -n "${NCU:-}" ]; then  # Nsight Compute: the convolution kernels at the MACE-MP-medium shape (170k edges)
+  echo "=== ncu ($(date +%T))"
+  timeout "${NCU_TIMEOUT:-120}" ncu --clock-control none --kernel-name regex:tp_ --launch-skip 6 --launch-count 2 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      python3 scripts/bench_ops.py --out /tmp/ncu-bench.json --only conv --max-edges 200000 --dtypes float32 \
+      --repeats 1 2>&1 | grep -v -i warning > "$OUT/ncu.log"
+  grep -E "tp_(forward|backward)_kernel|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" \
+      "$OUT/ncu.log" | head -40
+fi
+
+if [ -f scripts/bench_ops.py ]; then
+  echo "=== benchmark ($(date +%T))"
+  timeout "${BENCH_TIMEOUT:-200}" python3 scripts/bench_ops.py --out "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | \
+      grep -v Warning | tail -40
+fi
+echo "=== done ($(date +%T))"
+grep -E "passed|failed" "$OUT/cuda-tests.log" | tail -1
+grep "exit code" "$OUT/sanitizer.log"
