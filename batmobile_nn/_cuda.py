@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _build, reference
+from . import _backend, _build, _uvu, reference
 from .ops import _checks, _plan
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
@@ -116,6 +116,12 @@ def _receiver_graph(receiver: Tensor, n_nodes: int, deterministic: bool):
     return order, _csr(receiver, n_nodes, order)
 
 
+def _sorted_senders(sender: Tensor, order: Optional[Tensor]) -> Tensor:
+    """The sender of the edge at each CSR position (int64): the kernels then load it without a dependent read."""
+    sender = sender.long()
+    return (sender if order is None else sender[order]).contiguous()
+
+
 def _sender_graph(sender: Tensor, n_nodes: int, sender_perm: Optional[Tensor]):
     if sender_perm is None:
         order = torch.argsort(sender, stable=True)
@@ -130,6 +136,9 @@ def _sender_graph(sender: Tensor, n_nodes: int, sender_perm: Optional[Tensor]):
 
 # ---- tensor product and convolution ---------------------------------------------------------------
 def tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg: List[float]) -> Tensor:
+    uvu = _uvu.kernels_for(plan, cg, in1.dtype, in1.device, weight.dim() == 2)
+    if uvu is not None:
+        return _uvu.forward(uvu, in1, in2, weight, None, None, None)
     tables = _tables_for(plan, cg, in1.device, in1.dtype)
     if tables.reason:
         _fallback(tables.reason)
@@ -140,6 +149,9 @@ def tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg
 
 def tensor_product_backward(grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int],
                             cg: List[float], needs: List[bool]):
+    uvu = _uvu.kernels_for(plan, cg, in1.dtype, in1.device, weight.dim() == 2)
+    if uvu is not None:
+        return _uvu.backward(uvu, grad_out, in1, in2, weight, None, None, None, needs)
     tables = _tables_for(plan, cg, in1.device, in1.dtype)
     if tables.reason:
         _fallback(tables.reason)
@@ -153,6 +165,10 @@ def tensor_product_backward(grad_out: Tensor, in1: Tensor, in2: Tensor, weight: 
 
 def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
          sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool) -> Tensor:
+    uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
+    if uvu is not None:
+        order, row_ptr = _receiver_graph(receiver, node_feats.shape[0], deterministic)
+        return _uvu.forward(uvu, node_feats, edge_attrs, weight, order, _sorted_senders(sender, order), row_ptr)
     tables = _tables_for(plan, cg, node_feats.device, node_feats.dtype)
     if tables.reason:
         _fallback(tables.reason)
@@ -166,16 +182,23 @@ def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
 def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
                   receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
                   deterministic: bool, needs: List[bool]):
-    tables = _tables_for(plan, cg, node_feats.device, node_feats.dtype)
-    if tables.reason:
-        _fallback(tables.reason)
-        return reference.conv_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, plan, cg, needs)
     n_nodes = node_feats.shape[0]
-    order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
     sender64 = sender.long().contiguous()
-    g_edge1, g2, gw = _ops().tp_backward(grad_out.contiguous(), node_feats.contiguous(), edge_attrs.contiguous(),
-                                         weight.contiguous(), sender64, order, row_ptr, tables.instr, tables.cg,
-                                         list(needs), tables.threads)
+    uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
+    if uvu is not None:
+        order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
+        g_edge1, g2, gw = _uvu.backward(uvu, grad_out, node_feats, edge_attrs, weight, order,
+                                        _sorted_senders(sender64, order), row_ptr, needs)
+    else:
+        tables = _tables_for(plan, cg, node_feats.device, node_feats.dtype)
+        if tables.reason:
+            _fallback(tables.reason)
+            return reference.conv_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, plan, cg,
+                                           needs)
+        order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
+        g_edge1, g2, gw = _ops().tp_backward(grad_out.contiguous(), node_feats.contiguous(),
+                                             edge_attrs.contiguous(), weight.contiguous(), sender64, order, row_ptr,
+                                             tables.instr, tables.cg, list(needs), tables.threads)
     g1 = g_edge1  # [n_edges, dim1] per edge -> [n_nodes, dim1] summed by sender
     if needs[0]:
         sender_order, sender_ptr = _sender_graph(sender64, n_nodes, sender_perm)

@@ -32,6 +32,8 @@ std::vector<int64_t> cg_max_l() { return {CG_MAX_L_IN, CG_MAX_L_OUT}; }
 
 int64_t sh_max_l() { return SH_CUDA_MAX_L; }
 
+int64_t jit_load(const at::Tensor& image, const std::string& name);  // uvu_jit.cu
+
 }  // namespace batmobile
 
 TORCH_LIBRARY(batmobile_cuda, m) {
@@ -55,4 +57,13 @@ TORCH_LIBRARY(batmobile_cuda, m) {
         "Tensor? row_ptr, Tensor instr, Tensor cg, bool[3] needs, int threads) -> (Tensor, Tensor, Tensor)");
   // out[n] = sum over p in row_ptr[n] .. row_ptr[n + 1] of rows[order[p]]  (fixed order, no atomics).
   m.def("segment_sum(Tensor rows, Tensor order, Tensor row_ptr) -> Tensor");
+  // Per-problem uvu kernels compiled at run time (uvu_jit.cu, batmobile_nn/_uvu.py): jit_load returns
+  // the handle of a kernel in a cubin; the launchers take it with the problem's dims. send[p] is the
+  // sender of the edge at CSR position p (order[p], identity if None).
+  m.def("jit_load(Tensor image, str name) -> int", &batmobile::jit_load);
+  m.def("uvu_forward(int kernel, int threads, Tensor in1, Tensor in2, Tensor weight, Tensor? order, Tensor? send, "
+        "Tensor? row_ptr, int dim1, int dim2, int dim_out, int weight_numel, bool zero_out) -> Tensor");
+  m.def("uvu_backward(int kernel, int threads, Tensor grad_out, Tensor in1, Tensor in2, Tensor weight, "
+        "Tensor? order, Tensor? send, Tensor? row_ptr, int dim1, int dim2, int dim_out, int weight_numel, "
+        "bool[3] needs, bool zero_g1) -> (Tensor, Tensor, Tensor)");
 }

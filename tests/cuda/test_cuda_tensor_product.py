@@ -6,6 +6,7 @@ import torch
 from e3nn import o3
 
 import batmobile_nn
+import batmobile_nn._uvu
 from batmobile_nn import reference
 from batmobile_nn.ops import make_plan, tensor_product
 
@@ -71,12 +72,21 @@ def test_empty_batch(shared_weights, dtype):
     assert result["value"].shape == (0, GAPS_PROBLEM.irreps_out.dim)
 
 
-def test_degree_above_compiled_maximum_falls_back():
+def _above_compiled_maximum() -> Problem:
     l_max = int(torch.ops.batmobile_cuda.cg_max_l()[0]) + 1
-    problem = Problem("l-above-max", o3.Irreps(f"2x{l_max}e"), o3.Irreps("1x0e"), o3.Irreps(f"2x{l_max}e"),
-                      ((0, 0, 0, "uvu", True),))
+    return Problem("l-above-max", o3.Irreps(f"2x{l_max}e"), o3.Irreps("1x0e"), o3.Irreps(f"2x{l_max}e"),
+                   ((0, 0, 0, "uvu", True),))
+
+
+def test_degree_above_compiled_maximum_falls_back(monkeypatch):
+    monkeypatch.setattr(batmobile_nn._uvu, "enabled", False)  # the generic kernels' compiled degrees
     with pytest.warns(batmobile_nn.ReferencePathWarning, match="have no CUDA kernel"):
-        _compare(problem, torch.float64, shared_weights=False, batch=8)
+        _compare(_above_compiled_maximum(), torch.float64, shared_weights=False, batch=8)
+
+
+def test_degree_above_compiled_maximum_on_uvu_kernels(dtype):
+    # the per-problem uvu kernels are generated for any degree: no fallback, same results
+    _compare(_above_compiled_maximum(), dtype, shared_weights=False, batch=8)
 
 
 @pytest.mark.parametrize("problem", [scaled(MACE_PROBLEMS[2]), scaled(RANDOM_PROBLEMS[4])], ids=str)

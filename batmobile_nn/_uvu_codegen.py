@@ -1,0 +1,247 @@
+"""CUDA source of the per-problem uvu kernels: every offset, degree and coefficient a literal.
+
+MACE's convolution is a channelwise ("uvu") product whose instructions all share one multiplicity ``M``
+(``128x0e+128x1o`` (x) harmonics): one thread per channel ``u`` then holds the whole output row of its
+channel in registers while it walks the receiver's edges, and reads each edge's weights
+``w[e, offset + u]`` coalesced across the block. With the instructions known when the source is made,
+the Clebsch-Gordan sums are straight-line code over the non-zero coefficients of the plan (e3nn's
+values, normalization included, as literals), so no shared memory, table or switch remains. The source
+is compiled at run time by NVRTC (``_uvu.py``); the generic kernels in ``csrc/`` serve other problems.
+
+Kernel signatures (launched by ``csrc/uvu_jit.cu``; pointers may be null where noted):
+``bm_uvu_fwd(x1, x2, w, order?, send?, row_ptr?, out, n_nodes)`` and
+``bm_uvu_bwd(grad_out, x1, x2, w, order?, send?, row_ptr?, g1_edge?, g2_part?, gw?, n_nodes)``.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .ops import _plan
+
+
+@dataclass(frozen=True)
+class UvuSpec:
+    """A plan the uvu kernels run: every instruction uvu with mul2 = 1 and the same mul1 = mul_out = M."""
+
+    mul: int
+    dims: Tuple[int, int, int, int]  # dim1, dim2, dim_out, weight_numel
+    instructions: Tuple[Tuple[int, ...], ...]  # (in1_offset, l1, in2_offset, l2, out_offset, l_out, weight_offset)
+    terms: Tuple[Tuple[Tuple[int, int, int, float], ...], ...]  # per instruction: (i, j, k, coefficient) non-zeros
+    threads: int
+
+    @property
+    def warps(self) -> int:
+        return self.threads // 32
+
+    @property
+    def out_covered(self) -> bool:
+        """Whether the instructions write every column of the output (else the output starts at zero)."""
+        return _covers(self.dims[2], [(ins[4], self.mul * (2 * ins[5] + 1)) for ins in self.instructions])
+
+    @property
+    def in1_covered(self) -> bool:
+        return _covers(self.dims[0], [(ins[0], self.mul * (2 * ins[1] + 1)) for ins in self.instructions])
+
+
+def _covers(dim: int, segments: Sequence[Tuple[int, int]]) -> bool:
+    covered = set()
+    for start, size in segments:
+        covered.update(range(start, start + size))
+    return len(covered) == dim
+
+
+MAX_MUL = 512
+# register budget: output values a thread holds (MACE-MP-medium: 40; large, with 128x2e: 106)
+MAX_OUT_PER_THREAD = {4: 128, 8: 64}  # by itemsize: float32, float64
+
+
+def uvu_spec(plan: Sequence[int], cg: Sequence[float], per_edge_weights: bool,
+             itemsize: int = 4) -> Tuple[Optional[UvuSpec], str]:
+    """The spec of ``plan`` when the uvu kernels apply, else ``(None, reason)``."""
+    if not per_edge_weights:
+        return None, "shared weights"
+    rows = list(_plan.unpack(plan))
+    if not rows:
+        return None, "no instructions"
+    mul = rows[0]["mul1"]
+    instructions, terms, per_thread = [], [], 0
+    for ins in rows:
+        if ins["mode"] != _plan.MODES["uvu"] or ins["mul2"] != 1 or ins["mul1"] != mul or ins["mul_out"] != mul:
+            return None, "not a uniform-multiplicity uvu product"
+        if ins["weight_offset"] == _plan.NO_WEIGHT:
+            return None, "a path without weights"
+        l1, l2, lo = ins["l1"], ins["l2"], ins["l_out"]
+        d2, do = 2 * l2 + 1, 2 * lo + 1
+        block = cg[ins["cg_offset"]: ins["cg_offset"] + (2 * l1 + 1) * d2 * do]
+        nonzero = tuple((n // (d2 * do), (n // do) % d2, n % do, float(c)) for n, c in enumerate(block) if c != 0.0)
+        instructions.append((ins["in1_offset"], l1, ins["in2_offset"], l2, ins["out_offset"], lo, ins["weight_offset"]))
+        terms.append(nonzero)
+        per_thread += do
+    if not 1 <= mul <= MAX_MUL:
+        return None, f"multiplicity {mul} outside 1..{MAX_MUL}"
+    if per_thread > MAX_OUT_PER_THREAD[itemsize]:
+        return None, f"{per_thread} output values per channel (more than {MAX_OUT_PER_THREAD[itemsize]})"
+    threads = (mul + 31) // 32 * 32
+    return UvuSpec(mul, tuple(_plan.dims(plan)), tuple(instructions), tuple(terms), threads), ""
+
+
+def _lit(value: float) -> str:
+    return f"T({value!r})"  # repr round-trips float64; T(...) rounds once to float32 like the reference
+
+
+def _header(spec: UvuSpec, ctype: str) -> List[str]:
+    dim1, dim2, dim_out, wnumel = spec.dims
+    return [f"typedef {ctype} T;", "typedef long long i64;",
+            f"#define M {spec.mul}", f"#define DIM1 {dim1}", f"#define DIM2 {dim2}", f"#define DIM_OUT {dim_out}",
+            f"#define WNUMEL {wnumel}", f"#define THREADS {spec.threads}", f"#define WARPS {spec.warps}"]
+
+
+_FIRST_EDGE = ["    i64 e_next = 0, s_next = 0;",
+               "    if (p_begin < p_end) { e_next = order ? order[p_begin] : p_begin; "
+               "s_next = send ? send[p_begin] : e_next; }"]
+
+
+def _edge_loads(spec: UvuSpec, guard: str) -> List[str]:
+    """Loads of the edge's sender row slices (a_<offset>_<i>), harmonics (b_<j>) and weights (w_<n>)."""
+    # the next edge's indices are loaded one iteration ahead: its data loads then wait for one latency, not two
+    lines = ["      const i64 e = e_next, s = s_next;",
+             "      if (p + 1 < p_end) { e_next = order ? order[p + 1] : p + 1; s_next = send ? send[p + 1] : e_next; }",
+             "      const T* xs = x1 + s * DIM1;", "      const T* ye = x2 + e * DIM2;",
+             "      const T* we = w + e * WNUMEL + u;"]
+    for off, l1 in sorted({(ins[0], ins[1]) for ins in spec.instructions}):
+        d1 = 2 * l1 + 1
+        for i in range(d1):
+            lines.append(f"      const T a_{off}_{i} = {guard}xs[{off} + u * {d1} + {i}]{' : T(0)' if guard else ''};")
+    for j in sorted({ins[2] + j for ins in spec.instructions for j in range(2 * ins[3] + 1)}):
+        lines.append(f"      const T b_{j} = ye[{j}];")
+    for n, ins in enumerate(spec.instructions):
+        lines.append(f"      const T w_{n} = {guard}we[{ins[6]}]{' : T(0)' if guard else ''};")
+    return lines
+
+
+def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1) -> str:
+    lines = _header(spec, ctype) + [
+        'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_fwd(',
+        "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w,",
+        "    const i64* __restrict__ order, const i64* __restrict__ send, const i64* __restrict__ row_ptr,",
+        "    T* __restrict__ out, i64 n_nodes) {",
+        "  const int u = threadIdx.x;",
+        "  if (u >= M) return;  // no block-wide communication in the forward",
+        "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {"]
+    for n, ins in enumerate(spec.instructions):
+        lines += [f"    T acc_{n}_{k} = T(0);" for k in range(2 * ins[5] + 1)]
+    lines += ["    const i64 p_begin = row_ptr ? row_ptr[node] : node;",
+              "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;",
+              *_FIRST_EDGE,
+              f"#pragma unroll {unroll}",
+              "    for (i64 p = p_begin; p < p_end; ++p) {"]
+    lines += _edge_loads(spec, guard="")
+    for n, ins in enumerate(spec.instructions):
+        off1, _, off2 = ins[0], ins[1], ins[2]
+        by_k: Dict[int, List[str]] = {}
+        for i, j, k, c in spec.terms[n]:
+            by_k.setdefault(k, []).append(f"{_lit(c)} * (a_{off1}_{i} * b_{off2 + j})")
+        for k, parts in sorted(by_k.items()):
+            lines.append(f"      acc_{n}_{k} += w_{n} * ({' + '.join(parts)});")
+    lines += ["    }", "    T* o = out + node * DIM_OUT;"]
+    # instructions writing the same output irrep add up (e3nn allows several per output)
+    slots: Dict[Tuple[int, int, int], List[str]] = {}
+    for n, ins in enumerate(spec.instructions):
+        do = 2 * ins[5] + 1
+        for k in range(do):
+            slots.setdefault((ins[4], do, k), []).append(f"acc_{n}_{k}")
+    for (off, do, k), names in sorted(slots.items()):
+        lines.append(f"    o[{off} + u * {do} + {k}] = {' + '.join(names)};")
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _reduce_scatter(values: List[str], indent: str) -> Tuple[List[str], int]:
+    """Warp reduce-scatter of up to 32 named values: after it, lane ``L`` holds in ``values[0]``'s variable the
+    warp sum of value ``L >> shift``; returns the lines and ``shift``."""
+    n = 1
+    while n < len(values):
+        n *= 2
+    regs = list(values) + ["T(0)"] * (n - len(values))
+    lines, tmp = [], 0
+    offset, count = 16, n
+    while offset >= 1:
+        if count > 1:
+            half = count // 2
+            new = []
+            for i in range(half):
+                lo, hi = regs[i], regs[i + half]
+                name = f"rs{tmp}"
+                tmp += 1
+                lines.append(f"{indent}T {name}; {{ const bool up = lane & {offset}; "
+                             f"const T keep = up ? {hi} : {lo}; const T give = up ? {lo} : {hi}; "
+                             f"{name} = keep + __shfl_xor_sync(0xffffffffu, give, {offset}); }}")
+                new.append(name)
+            regs, count = new, half
+        else:
+            name = f"rs{tmp}"
+            tmp += 1
+            lines.append(f"{indent}const T {name} = {regs[0]} + __shfl_xor_sync(0xffffffffu, {regs[0]}, {offset});")
+            regs = [name]
+        offset //= 2
+    shift = 5 - (n.bit_length() - 1)
+    lines.append(f"{indent}const T reduced = {regs[0]};")
+    return lines, shift
+
+
+def backward_source(spec: UvuSpec, ctype: str) -> str:
+    dim2 = spec.dims[1]
+    lines = _header(spec, ctype) + [
+        'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_bwd(',
+        "    const T* __restrict__ grad_out, const T* __restrict__ x1, const T* __restrict__ x2,",
+        "    const T* __restrict__ w, const i64* __restrict__ order, const i64* __restrict__ send,",
+        "    const i64* __restrict__ row_ptr, T* __restrict__ g1_edge, T* __restrict__ g2_part,",
+        "    T* __restrict__ gw, i64 n_nodes) {",
+        "  const int u = threadIdx.x, lane = u & 31, warp = u >> 5;",
+        "  const bool active = u < M;  // inactive lanes still take part in the warp reductions",
+        "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {",
+        "    const T* go = grad_out + node * DIM_OUT;"]
+    for n, ins in enumerate(spec.instructions):
+        do = 2 * ins[5] + 1
+        lines += [f"    const T g_{n}_{k} = active ? go[{ins[4]} + u * {do} + {k}] : T(0);" for k in range(do)]
+    lines += ["    const i64 p_begin = row_ptr ? row_ptr[node] : node;",
+              "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;",
+              *_FIRST_EDGE,
+              "    for (i64 p = p_begin; p < p_end; ++p) {"]
+    lines += _edge_loads(spec, guard="active ? ")
+    in1_segments = sorted({(ins[0], ins[1]) for ins in spec.instructions})
+    for off, l1 in in1_segments:
+        lines += [f"      T ga_{off}_{i} = T(0);" for i in range(2 * l1 + 1)]
+    lines += [f"      T gb_{j} = T(0);" for j in range(dim2)]
+    for n, ins in enumerate(spec.instructions):
+        off1, off2 = ins[0], ins[2]
+        gw_parts, ga, gb = [], {}, {}
+        for i, j, k, c in spec.terms[n]:
+            gw_parts.append(f"{_lit(c)} * (a_{off1}_{i} * b_{off2 + j} * g_{n}_{k})")
+            ga.setdefault(i, []).append(f"{_lit(c)} * (b_{off2 + j} * g_{n}_{k})")
+            gb.setdefault(off2 + j, []).append(f"{_lit(c)} * (a_{off1}_{i} * g_{n}_{k})")
+        lines.append(f"      if (gw && active) gw[e * WNUMEL + {ins[6]} + u] = {' + '.join(gw_parts) or 'T(0)'};")
+        for i, parts in sorted(ga.items()):
+            lines.append(f"      ga_{off1}_{i} += w_{n} * ({' + '.join(parts)});")
+        for j, parts in sorted(gb.items()):
+            lines.append(f"      gb_{j} += w_{n} * ({' + '.join(parts)});")
+    lines.append("      if (g1_edge && active) {")
+    lines.append("        T* g1 = g1_edge + e * DIM1;")
+    for off, l1 in in1_segments:
+        d1 = 2 * l1 + 1
+        lines += [f"        g1[{off} + u * {d1} + {i}] = ga_{off}_{i};" for i in range(d1)]
+    lines.append("      }")
+    # the harmonics' gradient sums over channels: per warp by a reduce-scatter (lane L ends with one
+    # component), written as [n_edges, WARPS, DIM2] partial sums that the caller adds in a fixed order
+    lines.append("      if (g2_part) {")
+    for start in range(0, dim2, 32):
+        group = [f"gb_{j}" for j in range(start, min(dim2, start + 32))]
+        reduce_lines, shift = _reduce_scatter(group, "        ")
+        lines.append("        {")
+        lines += reduce_lines
+        lines += [f"        const int j = {start} + (lane >> {shift});",
+                  f"        if ((lane & {(1 << shift) - 1}) == 0 && j < {min(dim2, start + 32)}) "
+                  "g2_part[(e * WARPS + warp) * DIM2 + j] = reduced;",
+                  "        }"]
+    lines += ["      }", "    }", "  }", "}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""The per-problem uvu kernel source (batmobile_nn/_uvu_codegen.py) on the CPU: which plans qualify, that the
+coefficients are the plan's, and a lane-by-lane simulation of the generated warp reduce-scatter (the GPU
+tests in tests/cuda/test_cuda_uvu.py run the kernels themselves)."""
+
+import re
+
+import pytest
+import torch
+
+from batmobile_nn import _uvu_codegen
+from problems import MACE_PROBLEMS, RANDOM_PROBLEMS
+
+
+def _spec(problem, per_edge=True, itemsize=4):
+    plan = problem.plan()
+    return _uvu_codegen.uvu_spec(plan.plan_list, plan.cg_list, per_edge, itemsize)
+
+
+@pytest.mark.parametrize("problem", MACE_PROBLEMS, ids=str)
+def test_mace_problems_qualify(problem):
+    spec, reason = _spec(problem)
+    assert spec is not None, reason
+    plan = problem.plan()
+    assert spec.dims == (problem.irreps_in1.dim, problem.irreps_in2.dim, problem.irreps_out.dim, plan.weight_numel)
+    assert spec.mul == problem.irreps_in1[0].mul and spec.threads % 32 == 0 and spec.threads >= spec.mul
+    assert spec.out_covered and spec.in1_covered
+    # every non-zero coefficient of the plan appears, with its exact float64 value, in the source
+    source = _uvu_codegen.forward_source(spec, "double")
+    literals = set(float(x) for x in re.findall(r"T\(([-0-9.e]+)\)", source))
+    nonzero = set(c for c in plan.cg_list if c != 0.0)
+    assert nonzero <= literals
+
+
+def test_float64_register_budget():
+    large = [p for p in MACE_PROBLEMS if p.name == "mace-mp-large"][0]
+    spec, reason = _spec(large, itemsize=8)
+    assert spec is None and "output values per channel" in reason
+    assert _spec(large, itemsize=4)[0] is not None
+
+
+def test_other_plans_do_not_qualify():
+    assert _spec(MACE_PROBLEMS[1], per_edge=False)[1] == "shared weights"
+    reasons = {_spec(p)[1] for p in RANDOM_PROBLEMS}
+    assert any("uvu" in r for r in reasons), reasons  # uvw and mixed-multiplicity problems go elsewhere
+
+
+_SWAP = re.compile(r"T (rs\d+); \{ const bool up = lane & (\d+); const T keep = up \? ([\w()]+) : ([\w()]+); "
+                   r"const T give = up \? ([\w()]+) : ([\w()]+); \1 = keep \+ __shfl_xor_sync\(0xffffffffu, give, \d+\); \}")
+_FULL = re.compile(r"const T (rs\d+) = (\w+) \+ __shfl_xor_sync\(0xffffffffu, \2, (\d+)\);")
+
+
+def _simulate(lines, lane_values):
+    """Run the generated lines on 32 lanes in lock step; lane_values[lane][name] are the inputs."""
+    env = [dict(v, **{"T(0)": 0.0}) for v in lane_values]
+    for line in (x.strip() for x in lines):
+        if m := _SWAP.fullmatch(line):
+            name, offset, hi, lo = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+            give = [e[lo] if lane & offset else e[hi] for lane, e in enumerate(env)]
+            for lane, e in enumerate(env):
+                e[name] = (e[hi] if lane & offset else e[lo]) + give[lane ^ offset]
+        elif m := _FULL.fullmatch(line):
+            name, src, offset = m.group(1), m.group(2), int(m.group(3))
+            vals = [e[src] for e in env]
+            for lane, e in enumerate(env):
+                e[name] = vals[lane] + vals[lane ^ offset]
+        elif line.startswith("const T reduced = "):
+            src = line.split("= ")[1].rstrip(";")
+            for e in env:
+                e["reduced"] = e[src]
+        else:
+            raise AssertionError(f"unexpected line {line!r}")
+    return [e["reduced"] for e in env]
+
+
+@pytest.mark.parametrize("count", [1, 3, 9, 16, 25, 32])
+def test_reduce_scatter_sums_each_value_over_the_warp(count):
+    names = [f"gb_{j}" for j in range(count)]
+    lines, shift = _uvu_codegen._reduce_scatter(names, "")
+    values = torch.randint(-50, 50, (32, count)).tolist()  # integers: exact sums
+    reduced = _simulate(lines, [dict(zip(names, map(float, row))) for row in values])
+    sums = torch.tensor(values).sum(0).tolist()
+    for lane in range(32):
+        j = lane >> shift
+        if lane & ((1 << shift) - 1) == 0 and j < count:
+            assert reduced[lane] == sums[j], (lane, j)
