@@ -7,9 +7,15 @@ backward; the MACE-MP-medium convolution (128x0e+128x1o (x) sh l <= 3, MACE's 10
 function. Bandwidth: bytes of the inputs read once and outputs written once, over the time, as a
 fraction of the device's measured device-to-device copy rate.
 
+Baselines (scripts/bench_baselines.py): e3nn always; NVIDIA cuEquivariance ("cueq") and OpenEquivariance ("oeq") when
+importable on a CUDA run (absent ones are reported, not errors). Each is checked against e3nn's output on the same inputs
+before it is timed (row field ``parity``: max |out - e3nn| / max |e3nn|); one that fails is recorded, not timed.
+``baseline_status`` says per library: ok, absent, skipped (CPU), n/a, oom, failed parity, error.
+
 Usage: python scripts/bench_ops.py [--out bench.json] [--png bench.png] [--quick] [--only sh,tp,conv]
-       [--max-edges N]
-``--quick`` runs tiny shapes on the CPU (smoke test).
+       [--max-edges N] [--cpu-naive-baselines]
+``--quick`` runs tiny shapes on the CPU (smoke test); cuEq/OEq are skipped there unless ``--cpu-naive-baselines``
+(cuEquivariance's pure-PyTorch "naive" method: checks construction and parity, its times mean nothing).
 """
 
 import argparse
@@ -20,6 +26,7 @@ import time
 
 import torch
 
+import bench_baselines as bb  # scripts/ is sys.path[0] when run as a script
 import batmobile_nn  # noqa: F401  (before e3nn: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for e3nn 0.4.4)
 from batmobile_nn.ops import conv, make_plan, spherical_harmonics, tensor_product
 from e3nn import o3
@@ -81,12 +88,75 @@ def double_grad_fn(f, inputs, target):
     return run
 
 
+class Baselines:
+    """The cuEq / OEq baselines of one case (``built``: {lib: bench_baselines.Baseline or why there is none}),
+    checked against ``reference`` (e3nn's output on the same inputs) once, then timed per mode."""
+
+    def __init__(self, built, reference, dtype):
+        (reference, reference_name), self.usable, self.status, self.parity = reference, {}, {}, {}
+        for lib, b in built.items():
+            self.parity[lib] = None
+            if isinstance(b, str):
+                self.status[lib] = b
+                continue
+            try:
+                with torch.no_grad():
+                    self.parity[lib] = bb.parity_error(b.to_e3nn(b.fn()), reference)
+            except Exception as exc:  # noqa: BLE001  (an out-of-memory or API error is recorded in the row)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.status[lib] = f"error in parity run: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                continue
+            if self.parity[lib] <= bb.PARITY_TOLERANCE[dtype]:
+                self.usable[lib], self.status[lib] = b, "ok"
+            else:
+                self.status[lib] = f"failed parity vs {reference_name} (tolerance {bb.PARITY_TOLERANCE[dtype]:g})"
+        self.notes = {lib: b.note for lib, b in self.usable.items()}
+        self.reference_name, self.row_status = reference_name, dict(self.status)
+
+    def time(self, mode, device):
+        """{lib: median ms or None} for ``mode`` in forward / backward / double; fills ``row_status``."""
+        times, self.row_status = {}, dict(self.status)
+        for lib in self.status:
+            times[lib] = None
+            if lib not in self.usable:
+                continue
+            b = self.usable[lib]
+            fn = (b.fn if mode == "forward" else grad_fn(b.fn, b.inputs, b.grad_out) if mode == "backward"
+                  else double_grad_fn(b.fn, b.inputs, b.inputs))
+            try:
+                with torch.no_grad() if mode == "forward" else torch.enable_grad():
+                    times[lib] = run_or_oom(lambda: timed(fn, device))
+                if times[lib] is None:
+                    self.row_status[lib] = "oom"
+            except Exception as exc:  # noqa: BLE001
+                self.row_status[lib] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return times
+
+    def fields(self):
+        return {"parity": self.parity, "parity_reference": self.reference_name,
+                "baseline_status": self.row_status, "baseline_notes": self.notes}
+
+
+def reference(theirs, ours):
+    """The output the baselines are checked against: e3nn's; ours (e3nn-exact) where e3nn runs out of memory."""
+    with torch.no_grad():
+        out = run_or_oom(theirs)
+        return (out, "e3nn") if out is not None else (ours(), "ours (e3nn out of memory)")
+
+
 # ---- cases ------------------------------------------------------------------------------------------
-def bench_sh(device, dtype, n_edges, record):
+def bench_sh(device, dtype, n_edges, record, libs):
     vectors = torch.randn(n_edges, 3, device=device, dtype=dtype)
+
+    def theirs():
+        return o3.spherical_harmonics([0, 1, 2, 3], vectors, True, normalization="component")
+
+    baselines = Baselines(libs.build(bb.SH, vectors, [0, 1, 2, 3]), reference(theirs, theirs), dtype)
     ours = timed(lambda: spherical_harmonics(vectors, [0, 1, 2, 3], True, "component"), device)
-    e3nn = timed(lambda: o3.spherical_harmonics([0, 1, 2, 3], vectors, True, normalization="component"), device)
-    record("spherical_harmonics l=3", n_edges, dtype, ours, {"e3nn": e3nn}, nbytes(vectors) * (1 + 16 / 3))
+    e3nn = timed(theirs, device)
+    record("spherical_harmonics l=3", n_edges, dtype, ours, {"e3nn": e3nn, **baselines.time("forward", device)},
+           nbytes(vectors) * (1 + 16 / 3), baselines)
 
 
 def seed_tp(channels):
@@ -96,7 +166,7 @@ def seed_tp(channels):
     return irreps, o3.Irreps("0e+1e+2e+3e"), irreps, instructions
 
 
-def bench_tp(device, dtype, n_edges, channels, record):
+def bench_tp(device, dtype, n_edges, channels, record, libs):
     irreps_in1, irreps_in2, irreps_out, instructions = seed_tp(channels)
     plan = make_plan(irreps_in1, irreps_in2, irreps_out, instructions)
     previous = torch.get_default_dtype()
@@ -116,12 +186,15 @@ def bench_tp(device, dtype, n_edges, channels, record):
         return e3nn_tp(x, y, w)
 
     label = f"tensor_product seed uvw C={channels}"
+    baselines = Baselines(libs.build(bb.TP, e3nn_tp, x, y, w, g), reference(theirs, ours), dtype)
     with torch.no_grad():
         t_ours, t_e3nn = timed(ours, device), run_or_oom(lambda: timed(theirs, device))
-    record(label, n_edges, dtype, t_ours, {"e3nn": t_e3nn}, nbytes(x, y, w, g))
+    record(label, n_edges, dtype, t_ours, {"e3nn": t_e3nn, **baselines.time("forward", device)},
+           nbytes(x, y, w, g), baselines)
     t_ours = timed(grad_fn(ours, [x, y, w], g), device)
     t_e3nn = run_or_oom(lambda: timed(grad_fn(theirs, [x, y, w], g), device))
-    record(label + " backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, nbytes(x, y, w, g) * 2)
+    record(label + " backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn, **baselines.time("backward", device)},
+           nbytes(x, y, w, g) * 2, baselines)
 
 
 def mace_medium_conv():
@@ -137,7 +210,7 @@ def mace_medium_conv():
     return irreps_node, irreps_sh, o3.Irreps(mid), instructions
 
 
-def bench_conv(device, dtype, n_edges, record, neighbours=35):
+def bench_conv(device, dtype, n_edges, record, libs, neighbours=35):
     irreps_node, irreps_sh, irreps_out, instructions = mace_medium_conv()
     plan = make_plan(irreps_node, irreps_sh, irreps_out, instructions)
     n_nodes = max(1, n_edges // neighbours)
@@ -162,15 +235,20 @@ def bench_conv(device, dtype, n_edges, record, neighbours=35):
 
     label = "conv mace-mp-medium"
     forward_bytes = nbytes(x, y, w, g)
+    built = libs.build(bb.CONV, e3nn_tp, x, y, w, g, sender, receiver)
+    baselines = Baselines(built, reference(theirs, ours), dtype)
     with torch.no_grad():
         t_ours, t_e3nn = timed(ours, device), run_or_oom(lambda: timed(theirs, device))
-    record(label + " forward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, forward_bytes)
+    record(label + " forward", n_edges, dtype, t_ours, {"e3nn": t_e3nn, **baselines.time("forward", device)},
+           forward_bytes, baselines)
     t_ours = timed(grad_fn(ours, [x, y, w], g), device)
     t_e3nn = run_or_oom(lambda: timed(grad_fn(theirs, [x, y, w], g), device))
-    record(label + " backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, forward_bytes + nbytes(x, y, w))
+    record(label + " backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn, **baselines.time("backward", device)},
+           forward_bytes + nbytes(x, y, w), baselines)
     t_ours = timed(double_grad_fn(ours, [x, y, w], [x, y, w]), device)
     t_e3nn = run_or_oom(lambda: timed(double_grad_fn(theirs, [x, y, w], [x, y, w]), device))
-    record(label + " double backward", n_edges, dtype, t_ours, {"e3nn": t_e3nn}, None)
+    record(label + " double backward", n_edges, dtype, t_ours,
+           {"e3nn": t_e3nn, **baselines.time("double", device)}, None, baselines)
 
 
 # ---- driver ---------------------------------------------------------------------------------------
@@ -184,6 +262,8 @@ def main():
     parser.add_argument("--max-edges", type=int, default=10**9, help="skip the larger shapes")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per case (median)")
+    parser.add_argument("--cpu-naive-baselines", action="store_true",
+                        help="on the CPU, run cuEquivariance's naive PyTorch method (parity check only)")
     args = parser.parse_args()
     device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
     scale = 1000 if args.quick else 1
@@ -191,18 +271,27 @@ def main():
     if args.quick:
         WARMUP, REPEATS = 1, 3
     bandwidth = copy_bandwidth(device)
+    libs = bb.Libraries(device, cpu_naive=args.cpu_naive_baselines)
+    print("baselines:", {lib: libs.status.get(lib) or f"ok {libs.versions.get(lib)}" for lib in bb.LIBS}, flush=True)
     rows = []
 
-    def record(op, n_edges, dtype, ours, baselines, bytes_moved):
+    def record(op, n_edges, dtype, ours, baselines, bytes_moved, extra=None):
         row = {"op": op, "edges": n_edges, "dtype": str(dtype).replace("torch.", ""), "ours_ms": ours,
                "baselines_ms": baselines,
                "speedup": {k: (v / ours if v else None) for k, v in baselines.items()},
                "bandwidth_fraction": (bytes_moved / (ours * 1e-3) / bandwidth) if bytes_moved else None}
+        if extra is not None:
+            row.update(extra.fields())
         rows.append(row)
-        base = " ".join(f"{k} {v:.3f}" if v else f"{k} oom" for k, v in baselines.items())
-        speed = " ".join(f"x{s:.1f}" for s in row["speedup"].values() if s)
+        status = row.get("baseline_status", {})
+        base = " ".join(f"{k} {v:.3f}" if v else f"{k} {status.get(k, 'oom').split(':')[0]}"
+                        for k, v in baselines.items())
+        speed = " ".join(f"{k} x{s:.1f}" for k, s in row["speedup"].items() if s)
         frac = f" {row['bandwidth_fraction']:.0%} of copy bw" if row["bandwidth_fraction"] else ""
-        print(f"{op:40s} {n_edges:>8d} {row['dtype']:8s} ours {ours:8.3f} ms | {base} ms {speed}{frac}", flush=True)
+        parity = " ".join(f"{k} {p:.1e}" for k, p in row.get("parity", {}).items() if p is not None)
+        parity = f" | parity {parity}" if parity else ""
+        print(f"{op:40s} {n_edges:>8d} {row['dtype']:8s} ours {ours:8.3f} ms | {base} ms | {speed}{frac}{parity}",
+              flush=True)
 
     only = set(args.only.split(","))
 
@@ -217,18 +306,19 @@ def main():
         if "sh" in only and dtype == torch.float32:
             for n in (20_000, 150_000):
                 if n <= args.max_edges:
-                    guarded(bench_sh, device, dtype, n // scale, record)
+                    guarded(bench_sh, device, dtype, n // scale, record, libs)
         if "tp" in only and dtype == torch.float32:
             for n, c in ((20_000, 32), (150_000, 64)):
                 if n <= args.max_edges:
-                    guarded(bench_tp, device, dtype, n // scale, c // (8 if args.quick else 1), record)
+                    guarded(bench_tp, device, dtype, n // scale, c // (8 if args.quick else 1), record, libs)
         if "conv" in only:
             for n in (170_000, 700_000):
                 if n <= args.max_edges:
-                    guarded(bench_conv, device, dtype, n // scale, record)
+                    guarded(bench_conv, device, dtype, n // scale, record, libs)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "copy_bandwidth_GBps": bandwidth / 1e9, "warmup": WARMUP,
-              "repeats": REPEATS, "rows": rows}
+              "repeats": REPEATS, "baseline_libraries": {lib: libs.status.get(lib) or libs.versions.get(lib)
+                                                           for lib in bb.LIBS}, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     plot(rows, args.png or os.path.splitext(args.out)[0] + ".png")
@@ -243,11 +333,18 @@ def plot(rows, path):
     except ImportError:
         return
     labels = [f"{r['op']} {r['edges']} {r['dtype']}" for r in rows]
-    speedups = [r["speedup"].get("e3nn") or 0.0 for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 1))
-    ax.barh(labels, speedups)
+    names = [k for k in ("e3nn", *bb.LIBS) if any(r["speedup"].get(k) for r in rows)] or ["e3nn"]
+    height = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(10, (0.25 + 0.15 * len(names)) * len(rows) + 1))
+    for j, name in enumerate(names):  # grouped bars: one per baseline, missing ones left out
+        ys = [i - 0.4 + (j + 0.5) * height for i in range(len(rows))]
+        ax.barh(ys, [r["speedup"].get(name) or 0.0 for r in rows], height=height, label=f"vs {name}")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
     ax.axvline(1.0, color="k", lw=0.5)
-    ax.set_xlabel("speedup over e3nn (median time ratio)")
+    ax.set_xlabel("speedup of ours over each baseline (median time ratio, log scale)")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
