@@ -9,8 +9,11 @@ from ._plan import TPPlan, make_plan
 from .conv import conv, conv_backward
 from .spherical_harmonics import (spherical_harmonics, spherical_harmonics_backward,
                                   spherical_harmonics_double_backward)
+from .symmetric_contraction import (symmetric_contraction, symmetric_contraction_backward,
+                                    symmetric_contraction_double_backward)
 from .tensor_product import tensor_product, tensor_product_backward
 
 __all__ = ["TPPlan", "make_plan", "set_index_checks", "spherical_harmonics", "spherical_harmonics_backward",
            "spherical_harmonics_double_backward", "tensor_product", "tensor_product_backward", "conv",
-           "conv_backward"]
+           "conv_backward", "symmetric_contraction", "symmetric_contraction_backward",
+           "symmetric_contraction_double_backward"]
