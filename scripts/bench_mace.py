@@ -1,0 +1,397 @@
+"""Whole-model MACE benchmark (issue 5, point 5): e3nn, cuEquivariance, OpenEquivariance and batmobile_nn.
+
+Model: mace-torch's MACE-MP architecture, random weights (ScaleShiftMACE, RealAgnosticResidualInteractionBlock, 2
+interactions, max_ell 3, correlation 3, 10 Bessel, radial MLP [64, 64, 64], r_max 6 A, 89 elements); hidden irreps
+small 64x0e+64x1o, medium 128x0e+128x1o, large 128x0e+128x1o+128x2e. Structures: rattled fcc Cu of n^3 primitive
+cells (1,000 / 4,913 / 19,683 atoms; lattice 4.80 A, rattle 0.15 A: ~35 neighbours within 6 A, as in
+../shared/PERFORMANCE.md), batched as mace's calculator does (config_from_atoms -> AtomicData.from_config -> Batch).
+Backends on the same weights and graph: e3nn (stock), cueq (mace.cli.convert_e3nn_cueq.run, conv fusion on CUDA), oeq
+(mace.cli.convert_e3nn_oeq.run), batmobile (batmobile_nn.patch of a copy); one not importable is "absent". Parity vs
+e3nn: energy and forces (inference), loss and the first step's gradients of same-named parameters (train); beyond
+TOLERANCE the status is "failed parity" (still timed). Modes: inference = energy + forces by autograd (parameters
+frozen, as mace's calculator); train = energy/atom + force MSE (zero targets), double backward, Adam, on a fresh copy
+per backend. Per row: median wall ms (synchronized) after warm-up; kernel ms and count of one step (torch.profiler,
+CUDA; null on the CPU, where the profiled CPU op count is given); peak memory of one step. Device, versions and git
+revision sit at the top of the JSON (rewritten after every row). PNG: grouped bars per row and backend.
+
+Usage: python scripts/bench_mace.py [--models small,medium,large] [--atoms 1000,4913,19683] [--dtypes float32,float64]
+  [--backends e3nn,cueq,oeq,batmobile] [--modes inference,train] [--repeats 10] [--out F.json] [--png F.png|none]
+  [--quick]   (CPU smoke test of the same path: 8x0e+8x1o, 27 atoms, float64, e3nn + batmobile, 2 repeats)
+"""
+
+import argparse
+import contextlib
+import copy
+import gc
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import batmobile_nn  # noqa: F401  (before e3nn / mace: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for e3nn 0.4.4)
+import numpy as np
+import torch
+from ase.build import bulk
+from e3nn import o3
+from mace import data as mace_data, modules
+from mace.tools import AtomicNumberTable, torch_geometric
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+ARCHS = {"small": "64x0e+64x1o", "medium": "128x0e+128x1o", "large": "128x0e+128x1o+128x2e", "quick": "8x0e+8x1o"}
+BACKENDS, MODES, DTYPES = ("e3nn", "cueq", "oeq", "batmobile"), ("inference", "train"), {
+    "float32": torch.float32, "float64": torch.float64}
+R_MAX, LATTICE, RATTLE, Z_TABLE = 6.0, 4.80, 0.15, list(range(1, 90))  # MACE-MP: 89 elements, H..Ac
+TOLERANCE = {torch.float32: 5e-4, torch.float64: 1e-8}  # relative: max |got - e3nn| / max |e3nn|
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Absent(Exception):
+    """A backend this run cannot use (library not importable, or needs CUDA)."""
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    previous = torch.get_default_dtype()  # e3nn builds constants in it; mace's converters set it globally
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(hidden_irreps, dtype, device, seed=0):
+    """A random-weight MACE-MP-shaped ScaleShiftMACE (the class mace's converters accept), built in ``dtype``."""
+    residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    with default_dtype(dtype):
+        torch.manual_seed(seed)
+        model = modules.ScaleShiftMACE(
+            r_max=R_MAX, num_bessel=10, num_polynomial_cutoff=5, max_ell=3, interaction_cls=residual,
+            interaction_cls_first=residual, num_interactions=2, num_elements=len(Z_TABLE),
+            hidden_irreps=o3.Irreps(hidden_irreps), MLP_irreps=o3.Irreps("16x0e"), gate=torch.nn.functional.silu,
+            atomic_energies=np.zeros(len(Z_TABLE)), avg_num_neighbors=35.0, atomic_numbers=Z_TABLE,
+            correlation=3, radial_MLP=[64, 64, 64], atomic_inter_scale=1.0, atomic_inter_shift=0.0)
+    return model.to(device)
+
+
+def build_batch(n_atoms, dtype, device, seed=0):
+    """Rattled fcc Cu of n^3 primitive cells as a mace batch (positions [N, 3], edge_index [2, E], shifts [E, 3],
+    node_attrs [N, 89], ...) on ``device``."""
+    n = round(n_atoms ** (1 / 3))
+    if n ** 3 != n_atoms:
+        raise SystemExit(f"--atoms {n_atoms}: not a cube (n^3 primitive fcc cells)")
+    atoms = bulk("Cu", "fcc", a=LATTICE).repeat((n, n, n))
+    atoms.rattle(RATTLE, seed=seed)
+    with default_dtype(dtype):
+        graph = mace_data.AtomicData.from_config(mace_data.config_from_atoms(atoms), cutoff=R_MAX,
+                                                 z_table=AtomicNumberTable(Z_TABLE))
+    return torch_geometric.Batch.from_data_list([graph]).to(device)
+
+
+def make_backend(name, base, device):
+    """A new model of backend ``name`` with ``base``'s weights (``base`` is not changed)."""
+    if name == "e3nn":
+        return copy.deepcopy(base)
+    if name == "batmobile":
+        return batmobile_nn.patch(copy.deepcopy(base))
+    try:
+        if name == "cueq":
+            import cuequivariance_torch  # noqa: F401
+            if device.type == "cuda":
+                import cuequivariance_ops_torch  # noqa: F401  (without it cuet falls back to PyTorch silently)
+            from mace.cli.convert_e3nn_cueq import run
+        elif device.type != "cuda":
+            raise Absent("absent: OpenEquivariance needs CUDA")
+        else:
+            import openequivariance  # noqa: F401
+            from mace.cli.convert_e3nn_oeq import run
+    except ImportError as exc:
+        raise Absent(f"absent: {exc}") from exc
+    with default_dtype(next(base.parameters()).dtype):
+        return run(copy.deepcopy(base), device=device.type, return_model=True).to(device)
+
+
+def inference_step(model, data):
+    """Energy [1] and forces [N, 3] (autograd, no graph kept), as mace's calculator runs the model."""
+    out = model(data, training=False, compute_force=True)
+    return out["energy"].detach(), out["forces"].detach()
+
+
+def train_loss(model, data, n_atoms):
+    """Energy-per-atom + force MSE against zero targets; training=True keeps the force graph (double backward)."""
+    out = model(data, training=True, compute_force=True)
+    return (out["energy"] / n_atoms).square().mean() + out["forces"].square().mean()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(step, device, warmup, repeats):
+    """Wall ms of ``repeats`` synchronized calls after ``warmup``; then one profiled call (kernel ms and count on
+    CUDA, null on the CPU; profiled CPU ops) and one call for peak memory (CUDA)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step()
+        sync(device)
+    kind = [(e, e.activity_type or "") for e in prof.events()]  # Kineto: kernel, gpu_memcpy, cuda_runtime, cpu_op..
+    kernels = [e for e, k in kind if e.device_type == DeviceType.CUDA and k in ("kernel", "")
+               and not e.name.startswith(("Memcpy", "Memset"))]
+    row = {"wall_ms": statistics.median(times), "wall_ms_all": [round(t, 4) for t in times],
+           "kernel_ms": sum(e.time_range.elapsed_us() for e in kernels) / 1e3 if cuda else None,
+           "kernel_launches": len(kernels) if cuda else None,
+           "memcpy_memset": sum(k in ("gpu_memcpy", "gpu_memset") for _, k in kind) if cuda else None,
+           "launch_api_calls": sum(k in ("cuda_runtime", "cuda_driver") and "Launch" in e.name for e, k in kind)
+           if cuda else None, "profiled_cpu_ops": sum(k == "cpu_op" for _, k in kind),
+           "peak_memory_bytes": None, "memory_before_bytes": None}
+    if cuda:
+        sync(device)
+        row["memory_before_bytes"] = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        sync(device)
+        row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    return row
+
+
+def errors(got, ref):
+    """(max |got - ref|, that over max |ref|); (None, None) without a reference."""
+    if ref is None:
+        return None, None
+    diff = (got.detach().double() - ref.detach().double().reshape(got.shape)).abs().max().item()
+    return diff, diff / max(ref.detach().double().abs().max().item(), 1e-300)
+
+
+def first_outputs(mode, model, data, n_atoms):
+    """What parity compares. inference: {energy [1], forces [N, 3]} (parameters frozen, as in mace's calculator);
+    train: {loss, grads {name: tensor}} of the first step, before any optimizer step (grads then cleared)."""
+    if mode == "inference":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        energy, forces = inference_step(model, data)
+        return {"energy": energy, "forces": forces}
+    loss = train_loss(model, data, n_atoms)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return {"loss": loss.detach(), "grads": grads}
+
+
+def reference(mode, base, batch, device):
+    """e3nn's first outputs on ``batch`` (untimed); {} when e3nn runs out of memory (no parity check then)."""
+    try:
+        return first_outputs(mode, copy.deepcopy(base), batch.to_dict(), batch.num_nodes)
+    except torch.OutOfMemoryError:
+        return {}
+    finally:
+        free(device)
+
+
+def run_backend(mode, model, batch, ref, device, args):
+    """Parity fields and timings of one backend in one mode (``model``: a fresh copy for train)."""
+    data, n_atoms = batch.to_dict(), batch.num_nodes
+    got, row = first_outputs(mode, model, data, n_atoms), {}
+    for key in ("energy", "forces", "loss"):
+        if key in got:
+            row[f"{key}_abs_err"], row[f"{key}_rel_err"] = errors(got[key], ref.get(key))
+    if "grads" in got:  # the parameters with the same name and size as e3nn's (cueq renames some)
+        pairs = [(g, ref["grads"][n]) for n, g in got.pop("grads").items() if n in ref.get("grads", {})
+                 and g.numel() == ref["grads"][n].numel() and ref["grads"][n].abs().max() > 0]
+        row["grad_rel_err"] = max((errors(g, r)[1] for g, r in pairs), default=None)
+        row["grad_params_compared"] = len(pairs)
+    if mode == "inference":
+        def step():
+            inference_step(model, data)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            train_loss(model, data, n_atoms).backward()
+            optimizer.step()
+    return {**row, **measure(step, device, args.warmup, args.repeats)}
+
+
+def parity_status(row, dtype, backend):
+    keys = ("energy_rel_err", "forces_rel_err") if row["mode"] == "inference" else ("loss_rel_err", "grad_rel_err")
+    errs = [row[k] for k in keys if row.get(k) is not None]
+    if not errs:
+        return "ok" if backend == "e3nn" else "ok (unchecked: no e3nn reference)"
+    worst, tol = max(errs), TOLERANCE[dtype]
+    return "ok" if worst <= tol else f"failed parity (max rel err {worst:.3g} > {tol:g})"
+
+
+def environment(device):
+    """Device name, library versions and git revision (top level of the JSON: they hold for every row)."""
+    names = ("torch", "mace-torch", "e3nn", "batmobile-nn", "openequivariance", "ase", "numpy")
+    versions = {d.metadata["Name"].lower(): d.version for d in metadata.distributions() if d.metadata["Name"] and (
+        d.metadata["Name"].lower() in names or d.metadata["Name"].lower().startswith("cuequivariance"))}
+
+    def git(*cmd):
+        out = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"device": name, "versions": versions, "git_revision": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def caught_notes(caught):
+    """Distinct warnings worth keeping (not deprecation / TorchScript noise), first line each."""
+    return sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}" for w in caught
+                   if not issubclass(w.category, DeprecationWarning) and "TorchScript" not in str(w.message)})[:5]
+
+
+def short(exc):
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def plot(rows, device, path):
+    """Grouped bars: one group per (model, atoms, dtype, mode), one bar per backend; wall and kernel ms."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return print("matplotlib missing: no plot")
+    groups = list(dict.fromkeys((r["model"], r["atoms"], r["dtype"], r["mode"]) for r in rows))
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    value = {((r["model"], r["atoms"], r["dtype"], r["mode"]), r["backend"]): r for r in rows}
+    metrics = [("wall_ms", "wall ms / step")] + ([("kernel_ms", "GPU kernel ms / step")]
+                                                  if any(r.get("kernel_ms") for r in rows) else [])
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 1.1 * len(groups) + 2), 3.6 * len(metrics)),
+                             squeeze=False)
+    x, width = np.arange(len(groups)), 0.8 / len(backends)
+    for ax, (key, label) in zip(axes[:, 0], metrics):
+        for j, backend in enumerate(backends):
+            ys = [value.get((g, backend), {}).get(key) for g in groups]
+            ax.bar(x + j * width, [np.nan if y is None else y for y in ys], width, label=backend)
+        ax.set(yscale="log", ylabel=label)
+        ax.set_xticks(x + width * (len(backends) - 1) / 2, [f"{m} {a} {d.replace('float', 'f')} {mode[:5]}"
+                                                            for m, a, d, mode in groups], rotation=30, ha="right",
+                      fontsize=7)
+    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].set_title(f"MACE energy+forces (inference) and training step: {device}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for flag, choices in (("--models", ARCHS), ("--dtypes", DTYPES), ("--backends", BACKENDS), ("--modes", MODES)):
+        p.add_argument(flag, type=lambda s, c=choices: [v for v in s.split(",") if v in c or p.error(f"{v}?")])
+    p.add_argument("--atoms", type=lambda s: [int(v) for v in s.split(",")], help="cubes n^3 (default 1000,4913,19683)")
+    for flag in ("--repeats", "--warmup", "--threads"):
+        p.add_argument(flag, type=int)
+    p.add_argument("--device", help="default: cuda when available (cpu with --quick)")
+    p.add_argument("--out", default="bench_mace.json")
+    p.add_argument("--png", help="default: --out with .png; 'none' for no plot")
+    p.add_argument("--quick", action="store_true", help="CPU smoke test of the same code path")
+    args = p.parse_args()
+    quick = dict(models=["quick"], atoms=[27], dtypes=["float64"], backends=["e3nn", "batmobile"],
+                 modes=list(MODES), repeats=2, warmup=1, threads=1, device="cpu")
+    full = dict(models=["small", "medium", "large"], atoms=[1000, 4913, 19683], dtypes=list(DTYPES),
+                backends=list(BACKENDS), modes=list(MODES), repeats=10, warmup=3,
+                device="cuda" if torch.cuda.is_available() else "cpu")
+    for key, default in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return args
+
+
+def bench_row(row, backend, inference_model, base, batch, ref, device, args):
+    """Fill ``row`` for one backend and mode: parity, timings, status (oom and errors recorded, not raised)."""
+    model = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = inference_model if row["mode"] == "inference" else make_backend(backend, base, device)
+            row.update(run_backend(row["mode"], model, batch, ref, device, args))
+        row["notes"] = sorted(set(row["notes"] + caught_notes(caught)))
+        row["status"] = parity_status(row, DTYPES[row["dtype"]], backend)
+    except torch.OutOfMemoryError:
+        row["status"] = "oom"
+    except Exception as exc:  # noqa: BLE001  (a backend that breaks is a row, not a crash)
+        row["status"] = f"error: {short(exc)}"
+    finally:
+        del model
+        free(device)
+    return row
+
+
+def main():
+    args = parse_args()
+    device, out = torch.device(args.device), Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # parity with e3nn
+    env, rows = environment(device), []
+    print(f"{env['device']} | {env['versions']} | git {env['git_revision']}", flush=True)
+    for model_name, dtype_name in itertools.product(args.models, args.dtypes):
+        base = build_model(ARCHS[model_name], DTYPES[dtype_name], device)
+        models, notes = {}, {}  # the inference models, built once per architecture and dtype (or why not)
+        for backend in args.backends:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    models[backend] = make_backend(backend, base, device)
+                notes[backend] = caught_notes(caught)
+            except Absent as exc:
+                models[backend] = str(exc)
+            except Exception as exc:  # noqa: BLE001  (a conversion that fails is a row, not a crash)
+                models[backend] = f"error building: {short(exc)}"
+        for n_atoms in args.atoms:
+            batch = build_batch(n_atoms, DTYPES[dtype_name], device)
+            edges = int(batch["edge_index"].shape[1])
+            for mode in args.modes:
+                ref = reference(mode, base, batch, device)
+                for backend in args.backends:
+                    row = {"model": model_name, "hidden_irreps": ARCHS[model_name], "atoms": batch.num_nodes,
+                           "edges": edges, "neighbours_per_atom": round(edges / batch.num_nodes, 2),
+                           "dtype": dtype_name, "mode": mode, "backend": backend, "notes": notes.get(backend, [])}
+                    if isinstance(models[backend], str):
+                        row["status"] = models[backend]
+                    else:
+                        bench_row(row, backend, models[backend], base, batch, ref, device, args)
+                    rows.append(row)
+                    errs = {k: f"{row[k]:.2g}" for k in ("energy_rel_err", "forces_rel_err", "grad_rel_err")
+                            if row.get(k) is not None}
+                    print(f"{model_name} {row['atoms']} atoms {dtype_name} {mode} {backend}: {row['status']}; "
+                          f"wall {row.get('wall_ms')} ms; kernels {row.get('kernel_ms')} ms "
+                          f"x{row.get('kernel_launches')}; peak {row.get('peak_memory_bytes')} B; {errs}", flush=True)
+                    out.write_text(json.dumps({"benchmark": "bench_mace", "args": vars(args), **env, "rows": rows},
+                                              indent=1))
+                del ref
+            del batch
+            free(device)
+        del base, models
+        free(device)
+    png = args.png or str(out.with_suffix(".png"))
+    if png != "none" and any(r.get("wall_ms") is not None for r in rows):
+        plot([r for r in rows if r.get("wall_ms") is not None], env["device"], png)
+    print(f"wrote {out}" + ("" if png == "none" else f" and {png}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

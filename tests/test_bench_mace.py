@@ -1,0 +1,37 @@
+"""scripts/bench_mace.py --quick: the whole-model benchmark's CPU smoke test (same code path as the GPU run)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "bench_mace.py"
+
+
+def test_bench_mace_quick(tmp_path):
+    out = tmp_path / "bench_mace.json"
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cpu") and result["versions"]["mace-torch"] and result["versions"]["torch"]
+    rows = {(r["backend"], r["mode"]): r for r in result["rows"]}
+    assert set(rows) == {(b, m) for b in ("e3nn", "batmobile") for m in ("inference", "train")}
+    for (backend, mode), row in rows.items():
+        assert row["status"] == "ok", (backend, mode, row["status"])
+        assert row["dtype"] == "float64" and row["atoms"] == 27 and 30 < row["neighbours_per_atom"] < 40
+        errs = ("energy_rel_err", "forces_rel_err") if mode == "inference" else ("loss_rel_err", "grad_rel_err")
+        for key in errs:
+            assert row[key] is not None and row[key] < 1e-8, (backend, mode, key, row[key])
+        if mode == "train":
+            assert row["grad_params_compared"] > 0
+        assert row["wall_ms"] > 0 and len(row["wall_ms_all"]) == 2 and all(t > 0 for t in row["wall_ms_all"])
+        assert row["profiled_cpu_ops"] > 0
+        # no GPU: kernel time, launches and peak memory are not measured, and recorded as null (not faked)
+        assert row["kernel_ms"] is None and row["kernel_launches"] is None and row["peak_memory_bytes"] is None
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "bench_mace.png").stat().st_size > 0
