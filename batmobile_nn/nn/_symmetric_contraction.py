@@ -7,7 +7,7 @@ from e3nn import o3
 from torch import Tensor
 
 from ..ops.symmetric_contraction import MAX_CORRELATION  # importing it registers torch.ops.batmobile.*
-from ._generalized_cg import u_matrix
+from ._mace_cg import u_matrix
 
 
 class _FrozenZeros(torch.nn.Parameter):
@@ -81,7 +81,7 @@ class SymmetricContraction(torch.nn.Module):
 
     Same constructor arguments, same ``state_dict`` keys and shapes (``contractions.{i}.U_matrix_{nu}``,
     ``.weights_max``, ``.weights.{j}``, ``.weights_*_zeroed``): a mace module's ``state_dict`` loads here and
-    back. The ``U`` tensors are computed as mace computes them (bit for bit, without importing mace).
+    back. The ``U`` tensors are computed as mace computes them (by mace's own ``U_matrix_real``).
 
     Args:
         irreps_in: ``num_features x`` each coupled irrep, e.g. ``"8x0e+8x1o+8x2e+8x3o"`` (every multiplicity
