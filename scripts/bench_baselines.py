@@ -165,42 +165,14 @@ class Libraries:
 
 
 # ---- cuEquivariance -------------------------------------------------------------------------------------
-_O3_E3NN = None
-
-
-def o3_e3nn(cue):
-    """mace-torch 0.3.16's ``O3_e3nn`` group (mace/tools/cg.py): cue.O3 with e3nn's Clebsch-Gordan coefficients and
-    irrep order, copied so the benchmark does not import mace. Only difference: wigner_3j in float64 (mace takes the
-    default dtype, float32 unless a float64 model set it)."""
-    global _O3_E3NN
-    if _O3_E3NN is None:
-        import numpy as np
-        from e3nn import o3
-
-        class O3_e3nn(cue.O3):
-            def __mul__(rep1, rep2):  # noqa: N805
-                return [O3_e3nn(l=ir.l, p=ir.p) for ir in cue.O3.__mul__(rep1, rep2)]
-
-            @classmethod
-            def clebsch_gordan(cls, rep1, rep2, rep3):
-                rep1, rep2, rep3 = cls._from(rep1), cls._from(rep2), cls._from(rep3)
-                if rep1.p * rep2.p == rep3.p:
-                    w3j = o3.wigner_3j(rep1.l, rep2.l, rep3.l, dtype=torch.float64).numpy()
-                    return w3j[None] * np.sqrt(rep3.dim)
-                return np.zeros((0, rep1.dim, rep2.dim, rep3.dim))
-
-            def __lt__(rep1, rep2):  # noqa: N805
-                rep2 = rep1._from(rep2)
-                return (rep1.l, rep1.p) < (rep2.l, rep2.p)
-
-            @classmethod
-            def iterator(cls):
-                for l in itertools.count(0):
-                    yield O3_e3nn(l=l, p=1 * (-1) ** l)
-                    yield O3_e3nn(l=l, p=-1 * (-1) ** l)
-
-        _O3_E3NN = O3_e3nn
-    return _O3_E3NN
+def o3_e3nn():
+    """mace-torch's ``O3_e3nn`` group (cue.O3 with e3nn's coefficients and irrep order): what mace's cuEquivariance
+    path runs. Its coefficients come in the default dtype, so callers build descriptors under the benchmark's."""
+    try:
+        from mace.tools.cg import O3_e3nn
+    except ImportError as exc:
+        raise Unavailable(f"mace-torch is needed for its O3_e3nn group ({exc})") from exc
+    return O3_e3nn
 
 
 def cueq_sh(libs, vectors, ls):
@@ -242,14 +214,19 @@ def cueq_tp(libs, e3nn_tp, x, y, w, g):
 def cueq_conv(libs, e3nn_tp, x, y, w, g, sender, receiver):
     """The MACE convolution as mace-torch 0.3.16 runs it with cuEquivariance and conv_fusion."""
     cue = libs.cue
-    G = o3_e3nn(cue)
+    G = o3_e3nn()
     ins = e3nn_tp.instructions
     if any(i.connection_mode != "uvu" or not i.has_weight for i in ins) or [i.i_out for i in ins] != list(
             range(len(e3nn_tp.irreps_out))):
         raise Unavailable("only weighted uvu instructions with one instruction per output segment are mapped")
     irreps1, irreps2 = cue.Irreps(G, str(e3nn_tp.irreps_in1)), cue.Irreps(G, str(e3nn_tp.irreps_in2))
     filter_out = cue.Irreps(G, str(e3nn_tp.irreps_out))
-    e = cue.descriptors.channelwise_tensor_product(irreps1, irreps2, filter_out)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(x.dtype)  # mace builds a float64 model's descriptors under float64
+    try:
+        e = cue.descriptors.channelwise_tensor_product(irreps1, irreps2, filter_out)
+    finally:
+        torch.set_default_dtype(previous)
     m = libs._cueq_module(e.flatten_coefficient_modes().squeeze_modes().polynomial, "uniform_1d", x.dtype)
 
     # The descriptor's paths, in the order _channelwise_tensor_product_core adds them, then sorted by output irrep
