@@ -186,8 +186,8 @@ def symmetric_contraction_double_backward(grad_grad_x: Tensor, grad_grad_weight:
                     d = d + nu * _contract(T, [gxe] + [xe] * (nu - 1))
                 if Tg is not None:
                     d = d + _contract(Tg, [xe] * nu)
-                if gxe is not None or Tg is not None:
-                    dg_e[:, block.col0:block.col1] = d.reshape(m, -1)
+                if gxe is not None or Tg is not None:  # the degrees of one output irrep add up
+                    dg_e[:, block.col0:block.col1] += d.reshape(m, -1)
             if needs[1]:
                 if gxe is not None and nu >= 2:
                     dx_e += nu * (nu - 1) * _dot_m(ge, _contract(T, [gxe] + [xe] * (nu - 2)))

@@ -110,10 +110,12 @@ def test_matches_oracle(case, dtype):
 
 
 def _forces_path(fn, x, weight, cotangent, projection):
-    """Training on forces: ``dE/dx`` with ``create_graph``, then a loss on it differentiated w.r.t. both."""
+    """Training on forces: ``dE/dx`` with ``create_graph``, then a loss on it differentiated w.r.t. ``x``, the
+    weights and the cotangent (in MACE the cotangent depends on the readout's weights and features)."""
     x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    cotangent = cotangent.detach().requires_grad_()
     (grad_x,) = torch.autograd.grad(fn(x, weight), x, cotangent, create_graph=True)
-    return [grad_x.detach(), *torch.autograd.grad((grad_x * projection).sum(), [x, weight])]
+    return [grad_x.detach(), *torch.autograd.grad((grad_x * projection).sum(), [x, weight, cotangent])]
 
 
 def test_forces_path():
@@ -124,7 +126,7 @@ def test_forces_path():
     cotangent, projection = randn([(case.n, case.width), x.shape], torch.float64, 4)
     ours = _forces_path(_fn(element, u, case.correlations), x, weight, cotangent, projection)
     reference = _forces_path(_fn(element, u, case.correlations, oracle), x, weight, cotangent, projection)
-    for what, a, b in zip(["grad_x", "d2/dx2", "d2/dxdw"], ours, reference):
+    for what, a, b in zip(["grad_x", "d2/dx2", "d2/dxdw", "d2/dxdcotangent"], ours, reference):
         assert_close(a, b, torch.float64, what)
 
 
