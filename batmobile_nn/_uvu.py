@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _uvu_codegen
+from . import _backend, _jit, _uvu_codegen
 
 _cache: Dict[tuple, Optional["UvuKernels"]] = {}
 enabled = os.environ.get("BATMOBILE_NN_UVU", "1") != "0"
@@ -33,12 +33,7 @@ class UvuKernels:
 
 
 def _compile(source: str, name: str, device: torch.device) -> int:
-    from torch.cuda._utils import _nvrtc_compile  # private torch API: guarded by the caller
-
-    major, minor = torch.cuda.get_device_capability(device)
-    cubin, _ = _nvrtc_compile(source, name, f"{major}{minor}", nvcc_options=["-std=c++17"])
-    image = torch.frombuffer(bytearray(cubin), dtype=torch.uint8)
-    return int(torch.ops.batmobile_cuda.jit_load(image, name))
+    return _jit.kernel(source, name, device)
 
 
 def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: torch.device,

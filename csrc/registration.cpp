@@ -66,4 +66,7 @@ TORCH_LIBRARY(batmobile_cuda, m) {
   m.def("uvu_backward(int kernel, int threads, Tensor grad_out, Tensor in1, Tensor in2, Tensor weight, "
         "Tensor? order, Tensor? send, Tensor? row_ptr, int dim1, int dim2, int dim_out, int weight_numel, "
         "bool[3] needs, bool zero_g1) -> (Tensor, Tensor, Tensor)");
+  // Any run-time compiled kernel whose parameters are pointers then int64s (batmobile_nn/_jit.py): the
+  // tensors' pointers (null for None) then the scalars. It writes into tensors the caller allocated.
+  m.def("jit_launch(int kernel, int grid, int threads, Tensor?[] tensors, int[] scalars) -> ()");
 }

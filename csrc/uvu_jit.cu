@@ -138,7 +138,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> uvu_backward(
   return {g1, g2, gw};
 }
 
+// kernel<<<grid, threads>>>(pointers of `tensors` (null for None), then `scalars` as int64), on the current
+// stream. For the run-time compiled kernels whose signature is all pointers then all int64 (_sc_codegen.py);
+// the outputs are among `tensors`, allocated by the caller.
+void jit_launch(int64_t kernel, int64_t grid, int64_t threads, const c10::List<c10::optional<at::Tensor>>& tensors,
+                c10::IntArrayRef scalars) {
+  TORCH_CHECK(threads >= 32 && threads <= 1024 && threads % 32 == 0, "batmobile_cuda: bad block size ", threads);
+  TORCH_CHECK(grid >= 1 && grid <= (int64_t(1) << 31) - 1, "batmobile_cuda: bad grid size ", grid);
+  std::vector<void*> pointers;
+  c10::optional<at::Device> device;
+  for (const c10::optional<at::Tensor>& t : tensors) {
+    if (!t.has_value()) {
+      pointers.push_back(nullptr);
+      continue;
+    }
+    TORCH_CHECK(t->is_cuda() && t->is_contiguous(), "batmobile_cuda: jit_launch takes contiguous CUDA tensors");
+    TORCH_CHECK(!device.has_value() || *device == t->device(), "batmobile_cuda: jit_launch tensors on two devices");
+    device = t->device();
+    pointers.push_back(t->data_ptr());
+  }
+  TORCH_CHECK(device.has_value(), "batmobile_cuda: jit_launch needs at least one tensor");
+  std::vector<int64_t> values(scalars.begin(), scalars.end());
+  std::vector<void*> args;
+  for (void*& p : pointers) args.push_back(&p);
+  for (int64_t& v : values) args.push_back(&v);
+  c10::cuda::CUDAGuard guard(*device);
+  C10_CUDA_CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(as_kernel(kernel)), dim3(static_cast<unsigned>(grid)),
+                                  dim3(static_cast<unsigned>(threads)), args.data(), 0,
+                                  c10::cuda::getCurrentCUDAStream(device->index())));
+}
+
 TORCH_LIBRARY_IMPL(batmobile_cuda, CUDA, m) {
+  m.impl("jit_launch", &jit_launch);
   m.impl("uvu_forward", &uvu_forward);
   m.impl("uvu_backward", &uvu_backward);
 }
