@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _build, _uvu, reference
+from . import _backend, _build, _sc, _uvu, reference
 from .ops import _checks, _plan
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
@@ -250,4 +250,6 @@ KERNEL_NAMES = ("spherical_harmonics", "spherical_harmonics_backward", "spherica
 def load(device: Optional[torch.device] = None) -> None:
     """Build (or find in the cache) and load the extension, then register the kernels for CUDA tensors."""
     _build.load(device)
-    _backend.KERNELS["cuda"] = {name: globals()[name] for name in KERNEL_NAMES}
+    kernels = {name: globals()[name] for name in KERNEL_NAMES}
+    kernels.update({name: getattr(_sc, name) for name in _sc.KERNEL_NAMES})
+    _backend.KERNELS["cuda"] = kernels
