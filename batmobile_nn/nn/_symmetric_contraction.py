@@ -27,7 +27,7 @@ class _Contraction(torch.nn.Module):
     and the ``*_zeroed`` flags."""
 
     def __init__(self, coupling_irreps: o3.Irreps, ir_out: o3.Irrep, correlation: int, num_features: int,
-                 num_elements: int, use_reduced_cg: bool):
+                 num_elements: int, use_reduced_cg: bool, u_matrices: Optional[List[Tensor]] = None):
         super().__init__()
         dtype = torch.get_default_dtype()
         self.correlation = correlation
@@ -35,7 +35,10 @@ class _Contraction(torch.nn.Module):
         self.dim_in = coupling_irreps.dim
         keep = []
         for nu in range(1, correlation + 1):
-            U = u_matrix(coupling_irreps, o3.Irreps(str(ir_out)), nu, dtype, use_reduced_cg)
+            if u_matrices is not None:
+                U = u_matrices[nu - 1].detach().clone()
+            else:
+                U = u_matrix(coupling_irreps, o3.Irreps(str(ir_out)), nu, dtype, use_reduced_cg)
             keep.append(not torch.equal(U, torch.zeros_like(U)))
             self.register_buffer(f"U_matrix_{nu}", U)
         self.weights = torch.nn.ParameterList([])
@@ -93,6 +96,9 @@ class SymmetricContraction(torch.nn.Module):
         internal_weights, shared_weights: the weights are always internal, per element, shared by the nodes
             (mace fails for anything else).
         num_elements: number of elements (rows of every weight).
+        u_matrices: per output irrep, its ``U_matrix_1 .. U_matrix_K`` as mace holds them (``from_mace`` passes a
+            mace module's); when not given they are computed with mace's ``U_matrix_real`` (seconds at
+            correlation 3).
 
     ``forward(x, y)``: ``x [n_nodes, num_features, irreps_in.dim / num_features]`` (mace's layout) and ``y`` the
     one-hot ``node_attrs [n_nodes, num_elements]`` (or the element index ``[n_nodes]``) ->
@@ -107,7 +113,7 @@ class SymmetricContraction(torch.nn.Module):
     def __init__(self, irreps_in, irreps_out, correlation: Union[int, Dict],
                  irrep_normalization: Optional[str] = "component", path_normalization: Optional[str] = "element", use_reduced_cg: bool = False,
                  internal_weights: Optional[bool] = None, shared_weights: Optional[bool] = None,
-                 num_elements: Optional[int] = None) -> None:
+                 num_elements: Optional[int] = None, u_matrices: Optional[List[List[Tensor]]] = None) -> None:
         super().__init__()
         irrep_normalization = "component" if irrep_normalization is None else irrep_normalization
         path_normalization = "element" if path_normalization is None else path_normalization
@@ -133,10 +139,27 @@ class SymmetricContraction(torch.nn.Module):
         self.internal_weights, self.shared_weights = True, shared_weights
         self.num_elements = num_elements
         correlations = [self._correlation(correlation, ir) for _, ir in self.irreps_out]
+        if u_matrices is not None and [len(us) for us in u_matrices] != correlations:
+            raise ValueError(f"u_matrices must hold correlation U tensors per output irrep ({correlations}), got "
+                             f"{[len(us) for us in u_matrices]}")
         self.contractions = torch.nn.ModuleList([
-            _Contraction(self.coupling_irreps, ir, K, self.num_features, num_elements, use_reduced_cg)
-            for (_, ir), K in zip(self.irreps_out, correlations)])
+            _Contraction(self.coupling_irreps, ir, K, self.num_features, num_elements, use_reduced_cg,
+                         None if u_matrices is None else u_matrices[i])
+            for i, ((_, ir), K) in enumerate(zip(self.irreps_out, correlations))])
         self.correlations: List[int] = correlations
+
+    @classmethod
+    def from_mace(cls, stock: torch.nn.Module) -> "SymmetricContraction":
+        """The same contraction as mace's ``SymmetricContraction`` ``stock``, holding ``stock``'s very tensors
+        (same ``state_dict`` keys, device, dtype and values; its ``U`` are not recomputed)."""
+        contractions = list(stock.contractions)
+        correlations = {o3.Irrep(str(ir)): c.correlation for (_, ir), c in zip(stock.irreps_out, contractions)}
+        u_matrices = [[dict(c.named_buffers())[f"U_matrix_{nu}"] for nu in range(1, c.correlation + 1)]
+                      for c in contractions]
+        module = cls(stock.irreps_in, stock.irreps_out, correlations, num_elements=contractions[0].weights_max.shape[0],
+                     u_matrices=u_matrices)
+        module.load_state_dict(stock.state_dict(), strict=True, assign=True)
+        return module
 
     @staticmethod
     def _correlation(correlation, ir: o3.Irrep) -> int:

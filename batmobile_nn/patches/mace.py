@@ -1,9 +1,9 @@
 """The MACE backend: ``patch`` / ``unpatch`` a mace-torch model in place.
 
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
-block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``). The symmetric
-contractions, linears and readouts stay e3nn modules for now; later swaps register themselves in
-the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
+block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``) and the symmetric
+contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``). The linears and
+readouts stay e3nn modules for now; later swaps register themselves in the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
 and tensors) as the stock one, so it loads into stock MACE and back, and ``unpatch`` gives back the
 stock modules (a pickled unpatched model holds no reference to batmobile_nn).
 
@@ -20,8 +20,10 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 from mace.modules import blocks as mace_blocks
+from mace.modules import symmetric_contraction as mace_sc
 
 from ._conv import ConvSwap
+from ._product import ProductSwap
 from ._registry import UnsupportedBlockWarning, register_swap, registered_swaps
 
 SUPPORTED_BLOCKS: Tuple[type, ...] = (
@@ -39,13 +41,17 @@ def _fused_forwards() -> List[Callable]:
 
 
 CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
+PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBlock, mace_sc.SymmetricContraction,
+                                         lambda: mace_blocks.EquivariantProductBasisBlock.forward))
 
 
 def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
+    """The blocks some registered swap is about (listed first: swaps replace submodules)."""
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"expected a torch.nn.Module (a MACE model), got {type(model).__name__}")
-    for name, module in model.named_modules():
-        if isinstance(module, mace_blocks.InteractionBlock) or hasattr(module, "conv_tp"):
+    swaps = registered_swaps()
+    for name, module in list(model.named_modules()):
+        if any(swap.applies_to(module) for swap in swaps):
             yield name or "<model>", module
 
 

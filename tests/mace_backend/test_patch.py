@@ -14,6 +14,7 @@ pytest.importorskip("mace")
 import batmobile_nn  # noqa: E402
 from batmobile_nn.patches import (Swap, UnsupportedBlockWarning, is_patched, register_swap,  # noqa: E402
                                   registered_swaps, unregister_swap)
+from batmobile_nn.nn import SymmetricContraction  # noqa: E402
 from batmobile_nn.patches.mace import unpatched  # noqa: E402
 from mace_cases import (assert_outputs_close, build_model, bulk_structure, evaluate, make_batch,  # noqa: E402
                         molecule_structure)
@@ -62,15 +63,18 @@ def _pickled(model) -> bytes:
 def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model, batch, stock_outputs):
     before = _snapshot(model)
     stock_convs = [block.conv_tp for block in model.interactions]
+    stock_products = [block.symmetric_contractions for block in model.products]
     stock_attributes = [sorted(vars(block)) for block in model.interactions]
 
     assert batmobile_nn.patch(model) is model
     assert [type(block.conv_tp).__name__ for block in model.interactions] == ["EquivariantConv"] * 2
+    assert [type(block.symmetric_contractions) for block in model.products] == [SymmetricContraction] * 2
     _assert_state_dict_identical(model, before)
     assert_outputs_close(evaluate(model, batch), stock_outputs, 1e-10)
 
     assert batmobile_nn.unpatch(model) is model
     assert [block.conv_tp for block in model.interactions] == stock_convs  # the very same e3nn modules
+    assert [block.symmetric_contractions for block in model.products] == stock_products
     assert [sorted(vars(block)) for block in model.interactions] == stock_attributes  # no conv_fusion left
     assert not is_patched(model)
     _assert_state_dict_identical(model, before)
@@ -153,7 +157,7 @@ def test_unknown_block_class_stays_stock_with_one_warning(batch):
     messages = [str(w.message) for w in record if issubclass(w.category, UnsupportedBlockWarning)]
     assert len(messages) == 1 and "MyInteractionBlock" in messages[0]
     assert "interactions.0" in messages[0] and "interactions.1" in messages[0]
-    assert not is_patched(model)
+    assert is_patched(model)  # the product blocks are swapped: they do not depend on the interaction's class
     assert {type(block.conv_tp).__name__ for block in model.interactions} == {"TensorProduct"}
     _assert_state_dict_identical(model, before)
     assert_outputs_close(evaluate(model, batch), expected, SAME)
