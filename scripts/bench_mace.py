@@ -155,15 +155,17 @@ def measure(step, device, warmup, repeats):
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         step()
         sync(device)
-    kind = [(e, e.activity_type or "") for e in prof.events()]  # Kineto: kernel, gpu_memcpy, cuda_runtime, cpu_op..
-    kernels = [e for e, k in kind if e.device_type == DeviceType.CUDA and k in ("kernel", "")
-               and not e.name.startswith(("Memcpy", "Memset"))]
+    events = list(prof.events())
+    on_gpu = [e for e in events if e.device_type == DeviceType.CUDA]  # kernels, memcpy and memset
+    copies = [e for e in on_gpu if e.name.startswith(("Memcpy", "Memset"))]
+    kernels = [e for e in on_gpu if not e.name.startswith(("Memcpy", "Memset"))]
+    on_host = [e for e in events if e.device_type != DeviceType.CUDA]
     row = {"wall_ms": statistics.median(times), "wall_ms_all": [round(t, 4) for t in times],
            "kernel_ms": sum(e.time_range.elapsed_us() for e in kernels) / 1e3 if cuda else None,
            "kernel_launches": len(kernels) if cuda else None,
-           "memcpy_memset": sum(k in ("gpu_memcpy", "gpu_memset") for _, k in kind) if cuda else None,
-           "launch_api_calls": sum(k in ("cuda_runtime", "cuda_driver") and "Launch" in e.name for e, k in kind)
-           if cuda else None, "profiled_cpu_ops": sum(k == "cpu_op" for _, k in kind),
+           "memcpy_memset": len(copies) if cuda else None,
+           "launch_api_calls": sum("LaunchKernel" in e.name for e in on_host) if cuda else None,
+           "profiled_cpu_ops": sum(not e.name.startswith(("cuda", "cu")) for e in on_host),
            "peak_memory_bytes": None, "memory_before_bytes": None}
     if cuda:
         sync(device)

@@ -62,6 +62,15 @@ for dtype in (torch.float32, torch.float64):
         out = conv(x, sh, w, sender, receiver, None, plan.plan_list, plan.cg_list, deterministic)
         grads = torch.autograd.grad(out.square().sum(), [x, vectors, w], create_graph=True)
         torch.autograd.grad(sum(g.square().sum() for g in grads), [x, vectors, w])
+    # the symmetric contraction (product basis): 0e+1o out of 0e+1o+2e+3o, correlation 3, 4 channels
+    from batmobile_nn.nn import SymmetricContraction
+    with torch.device("cpu"):
+        sc = SymmetricContraction("4x0e+4x1o+4x2e+4x3o", "4x0e+4x1o", 3, num_elements=3)
+    sc = sc.to(dev, dtype)
+    feats = torch.randn(10, 4, 16, device=dev, dtype=dtype, requires_grad=True)
+    element = torch.tensor([0, 2, 2, 1, 0, 0, 2, 1, 1, 0], device=dev)
+    (g,) = torch.autograd.grad(sc(feats, element).square().sum(), feats, create_graph=True)
+    torch.autograd.grad(g.square().sum(), [feats] + [p for p in sc.parameters() if p.requires_grad])
     a = torch.randn(16, 36, device=dev, dtype=dtype, requires_grad=True)
     b = torch.randn(16, 9, device=dev, dtype=dtype, requires_grad=True)
     wt = torch.randn(uvw.weight_numel, device=dev, dtype=dtype, requires_grad=True)
@@ -73,8 +82,9 @@ EOF
 python3 /tmp/sanitize_case.py > /dev/null 2>&1  # compile / cache warm-up outside the sanitizer
 for tool in memcheck racecheck; do
   echo "--- $tool"
-  timeout "${SAN_TIMEOUT:-150}" /usr/local/cuda/bin/compute-sanitizer --tool $tool --error-exitcode 7 \
-      --kernel-name kns=batmobile python3 /tmp/sanitize_case.py 2>&1 | tail -15
+  # every kernel (ours are named batmobile_* in the extension, bm_* when compiled at run time)
+  timeout "${SAN_TIMEOUT:-240}" /usr/local/cuda/bin/compute-sanitizer --tool $tool --error-exitcode 7 \
+      python3 /tmp/sanitize_case.py 2>&1 | tail -15
   echo "$tool exit code: ${PIPESTATUS[0]}"
 done 2>&1 | tee "$OUT/sanitizer.log"
 
