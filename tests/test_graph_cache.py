@@ -1,0 +1,28 @@
+"""The convolution's graph cache (``batmobile_nn/_cuda.py``): one sort per edge_index and step, never a stale
+one. It runs on CPU tensors too, which is how it is tested here."""
+
+import torch
+
+from batmobile_nn import _cuda
+
+
+def test_same_index_tensor_hits_and_a_changed_one_misses():
+    receiver, sender = torch.tensor([3, 1, 2, 1, 0]), torch.tensor([0, 1, 2, 3, 4])
+    first = _cuda._receiver_graph(receiver, 5, False)
+    assert _cuda._receiver_graph(receiver, 5, False) is first
+    assert _cuda._receiver_graph(receiver[:], 5, False) is first  # a view of the same memory: same graph
+    copy = _cuda._receiver_graph(receiver.clone(), 5, False)
+    assert copy is not first and torch.equal(copy[0], first[0]) and torch.equal(copy[1], first[1])
+    assert _cuda._receiver_graph(receiver, 6, False) is not first  # other node count
+    receiver[0] = 4  # in place: the version moves, the graph is recomputed
+    changed = _cuda._receiver_graph(receiver, 5, False)
+    assert changed is not first and torch.equal(changed[1], torch.tensor([0, 1, 3, 4, 4, 5]))
+    send = _cuda._sorted_senders(sender, receiver, changed[0])
+    assert torch.equal(send, sender[changed[0]])
+    assert _cuda._sorted_senders(sender, receiver, changed[0]) is send
+
+
+def test_cache_is_bounded():
+    for n in range(3 * _cuda.MAX_GRAPHS):
+        _cuda._sender_graph(torch.arange(n + 1), n + 1, None)
+    assert len(_cuda._graphs) <= _cuda.MAX_GRAPHS
