@@ -120,3 +120,17 @@ def test_parts_partition_the_weights_and_add_up(ctype):
         assert len(codegen.parts(spec, ctype, "fwd")) == len(with_terms)  # one weight per part at the smallest
     finally:
         codegen.PART_TERMS[ctype].update(small)
+
+
+def test_large_float64_problems_take_the_reference_path():
+    """MACE-MP-large's product basis (5,911 terms) in float64 runs on the reference (see _sc.F64_MAX_TERMS);
+    in float32, and MACE-MP-medium's (1,909 terms) in float64, on the kernels."""
+    large, medium = CASES[0], CASES[1]
+    if not isinstance(large, Case):
+        pytest.skip("needs mace-torch for real U tensors")
+    x, _, _, u = large.inputs(torch.float64)
+    with pytest.warns(UserWarning, match="reference path"):
+        assert _sc.kernels_for(x, u, large.correlations) is None
+    assert _sc.kernels_for(x.float(), [t.float() for t in u], large.correlations) is not None
+    x, _, _, u = medium.inputs(torch.float64)
+    assert _sc.kernels_for(x, u, medium.correlations) is not None

@@ -40,7 +40,13 @@ def test_matches_oracle(case, dtype):
         return oracle(x, element, weight, u64 if x.dtype == torch.float64 else u, case.correlations)
 
     compare(ours, ref, [x, weight], dtype, case.name)
-    assert _sc.kernels_for(x.to(dtype), u, case.correlations) is not None  # ran on the generated kernels
+    # ran on the generated kernels, except float64 problems above F64_MAX_TERMS (the reference path)
+    assert (_sc.kernels_for(x.to(dtype), u, case.correlations) is not None) == _on_kernels(case, dtype)
+
+
+def _on_kernels(case, dtype) -> bool:
+    n_terms = sum(len(ts) for _, _, ts in _sc._sc_codegen.sc_spec(case.u, case.correlations, case.C, case.L).terms)
+    return dtype == torch.float32 or n_terms <= _sc.F64_MAX_TERMS
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
