@@ -4,8 +4,9 @@ Usage: python scripts/make_bench_table.py [--results results/latest] [--readme R
 
 Reads ``manifest.json`` and each benchmark's ``NAME.json`` in the folder and prints, per benchmark, a header
 line (device, versions, git revision) and a table: for ``bench_ops`` one row per op, edges and dtype with our
-time, each baseline's time and our speedup over it; for any other benchmark (``bench_mace``) its rows with
-whatever fields they have (model, atoms, dtype, mode, backend, wall/kernel ms, launches, peak memory, ...).
+time, each baseline's time and our speedup over it; for ``bench_mace`` one row per model, atoms, dtype and mode
+with each backend's wall ms, kernel ms and peak memory and ours against the best other backend; for any other
+benchmark its rows with whatever fields they have.
 With ``--png-dir`` the plots are copied there (a folder kept in git, unlike ``results/``) and linked from
 there; otherwise they are linked in the results folder. With ``--readme`` the text between the
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` lines of that file is replaced by the output.
@@ -153,6 +154,41 @@ def ops_table(data):
     return markdown_table(header, body)
 
 
+def mace_table(data, ours="batmobile"):
+    """bench_mace rows grouped per (model, atoms, dtype, mode): per backend "wall ms / kernel ms / peak GB" (or
+    its status when not ok), then ours against the best other backend in wall and kernel time."""
+    rows = [r for r in data.get("rows", []) if isinstance(r, dict)]
+    backends = list(dict.fromkeys(r.get("backend") for r in rows))
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.get("model"), r.get("atoms"), r.get("edges"), r.get("dtype"), r.get("mode")), {})[
+            r.get("backend")] = r
+    peers = [b for b in backends if b != ours]
+    header = ["model", "atoms", "edges", "dtype", "mode", *(f"{b}: wall / kernel ms / peak GB" for b in backends)]
+    if ours in backends and peers:
+        header += [f"{ours} vs best peer: wall", "kernel"]
+    body = []
+    for (model, atoms, edges, dtype, mode), by_backend in groups.items():
+        cells = [fmt_value("model", model), fmt_value("atoms", atoms), fmt_value("edges", edges),
+                 fmt_value("dtype", dtype), fmt_value("mode", mode)]
+        for b in backends:
+            r = by_backend.get(b, {})
+            if r.get("wall_ms") is None or r.get("status") != "ok":
+                cells.append(fmt_value("status", r.get("status", MISSING)).split(":")[0])
+            else:
+                cells.append(f"{fmt_ms(r['wall_ms'])} / {fmt_ms(r.get('kernel_ms'))} / "
+                             f"{fmt_value('peak_memory_bytes', r.get('peak_memory_bytes'))}")
+        if ours in backends and peers:
+            mine = by_backend.get(ours, {})
+            for key in ("wall_ms", "kernel_ms"):
+                others = [by_backend[b][key] for b in peers if by_backend.get(b, {}).get(key) is not None
+                          and by_backend[b].get("status") == "ok"]
+                ok = mine.get(key) is not None and mine.get("status") == "ok" and others
+                cells.append(fmt_speedup(min(others) / mine[key]) if ok else MISSING)
+        body.append(cells)
+    return markdown_table(header, body)
+
+
 def generic_table(data):
     """Rows of any benchmark (bench_mace): known key and value columns first, then the other fields."""
     rows = data.get("rows", data.get("results", [])) if isinstance(data, dict) else data
@@ -211,7 +247,8 @@ def render(folder, link_base=None, png_dir=None):
                 lines += ["no results", ""]
             continue
         is_ops = isinstance(data, dict) and any("ours_ms" in r and "baselines_ms" in r for r in data.get("rows", []))
-        table = ops_table(data) if is_ops else generic_table(data)
+        is_mace = isinstance(data, dict) and data.get("benchmark") == "bench_mace"
+        table = ops_table(data) if is_ops else mace_table(data) if is_mace else generic_table(data)
         lines += (table or ["no rows"]) + [""]
         png = folder / (record.get("png") or f"{name}.png")
         if png.is_file():
