@@ -11,6 +11,7 @@ stream (so CUDA graphs capture it).
 import ctypes
 import hashlib
 import os
+import sys
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ from . import _build
 
 _handles: Dict[Tuple[str, str, int], int] = {}  # (source hash, kernel name, device index) -> kernel handle
 _lock = threading.Lock()
+_announced: List[bool] = []
 MAX_GRID = 2**31 - 1
 
 
@@ -44,6 +46,10 @@ def _cubin(source: str, name: str, arch: str) -> bytes:
     path = _build.cache_root() / "jit" / f"{digest}.cubin"
     if path.is_file():
         return path.read_bytes()
+    if not _announced:  # one line per process: the first compile of a problem takes seconds
+        _announced.append(True)
+        print(f"batmobile_nn: compiling kernels for this problem with NVRTC (first use, cached in {path.parent})",
+              file=sys.stderr, flush=True)
     cubin, _ = _nvrtc_compile(source, name, arch, nvcc_options=["-std=c++17"])
     try:  # write-then-rename: a process reading the cache never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
