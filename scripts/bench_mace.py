@@ -11,7 +11,8 @@ e3nn: energy and forces (inference), loss and the first step's gradients of same
 TOLERANCE the status is "failed parity" (still timed). Modes: inference = energy + forces by autograd (parameters
 frozen, as mace's calculator); train = energy/atom + force MSE (zero targets), double backward, Adam, on a fresh copy
 per backend. Per row: median wall ms (synchronized) after warm-up; kernel ms and count of one step (torch.profiler,
-CUDA; null on the CPU, where the profiled CPU op count is given); peak memory of one step. Device, versions and git
+CUDA, with the ten kernels that took the most time; null on the CPU, where the profiled CPU op count is given); peak
+memory of one step. Device, versions and git
 revision sit at the top of the JSON (rewritten after every row). PNG: grouped bars per row and backend.
 
 Usage: python scripts/bench_mace.py [--models small,medium,large] [--atoms 1000,4913,19683] [--dtypes float32,float64]
@@ -166,6 +167,7 @@ def measure(step, device, warmup, repeats):
            "memcpy_memset": len(copies) if cuda else None,
            "launch_api_calls": sum("LaunchKernel" in e.name for e in on_host) if cuda else None,
            "profiled_cpu_ops": sum(not e.name.startswith(("cuda", "cu")) for e in on_host),
+           "top_kernels": _top(kernels) if cuda else None,
            "peak_memory_bytes": None, "memory_before_bytes": None}
     if cuda:
         sync(device)
@@ -175,6 +177,15 @@ def measure(step, device, warmup, repeats):
         sync(device)
         row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     return row
+
+
+def _top(kernels, count=10):
+    """The ``count`` kernels with the most GPU time in the profiled step: ``[name (80 chars), ms, launches]``."""
+    by_name = {}
+    for e in kernels:
+        total, n = by_name.get(e.name[:80], (0.0, 0))
+        by_name[e.name[:80]] = (total + e.time_range.elapsed_us() / 1e3, n + 1)
+    return [[name, round(ms, 4), n] for name, (ms, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:count]]
 
 
 def errors(got, ref):

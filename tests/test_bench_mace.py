@@ -37,5 +37,21 @@ def test_bench_mace_quick(tmp_path):
         assert row["profiled_cpu_ops"] > 0
         # no GPU: kernel time, launches and peak memory are not measured, and recorded as null (not faked)
         assert row["kernel_ms"] is None and row["kernel_launches"] is None and row["peak_memory_bytes"] is None
+        assert row["top_kernels"] is None
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "bench_mace.png").stat().st_size > 0
+
+
+def test_top_kernels_sums_by_name():
+    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Event:  # the two fields of torch.profiler's FunctionEvent that _top reads
+        def __init__(self, name, us):
+            self.name = name
+            self.time_range = type("Range", (), {"elapsed_us": lambda _: us})()
+
+    events = [Event("gemm", 1000.0), Event("uvu", 3000.0), Event("gemm", 2500.0)]
+    assert bench._top(events) == [["gemm", 3.5, 2], ["uvu", 3.0, 1]]
+    assert bench._top(events, count=1) == [["gemm", 3.5, 2]]
