@@ -11,7 +11,9 @@ Supported interaction blocks (mace-torch 0.3.16), and subclasses that keep their
 ``RealAgnosticInteractionBlock``, ``RealAgnosticResidualInteractionBlock``,
 ``RealAgnosticDensityInteractionBlock``, ``RealAgnosticDensityResidualInteractionBlock``,
 ``RealAgnosticAttResidualInteractionBlock``, ``RealAgnosticResidualNonLinearInteractionBlock``;
-in any model that holds them (``MACE``, ``ScaleShiftMACE``, multi-head, dipole models, ...).
+and product blocks: ``EquivariantProductBasisBlock`` (and subclasses that keep its ``forward``) whose
+symmetric contraction is mace's e3nn module (not cuEquivariance's); in any model that holds them
+(``MACE``, ``ScaleShiftMACE``, multi-head, dipole models, ...).
 """
 
 import warnings
@@ -58,13 +60,14 @@ def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
 def patch(model: torch.nn.Module) -> torch.nn.Module:
     """Swap the e3nn modules of a MACE model for batmobile_nn's, in place; returns ``model``.
 
-    Every registered swap runs on every interaction block; a block that a swap cannot handle stays
-    stock, with one ``UnsupportedBlockWarning`` per block class naming it. Patching a patched model
+    Every registered swap runs on every block it is about (interaction blocks: the convolution; product
+    blocks: the symmetric contraction); a block that a swap cannot handle stays stock, with one
+    ``UnsupportedBlockWarning`` per block class naming it. Patching a patched model
     changes nothing. The ``state_dict`` (keys and tensors) is unchanged.
 
     Args:
         model: a mace-torch model (``MACE``, ``ScaleShiftMACE``, multi-head, ...), or any module
-            containing MACE interaction blocks.
+            containing MACE interaction or product blocks.
 
     Returns:
         ``model``, patched.
