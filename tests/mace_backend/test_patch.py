@@ -230,3 +230,20 @@ def test_patch_rejects_what_is_not_a_module():
 def test_import_batmobile_nn_does_not_import_mace():
     code = "import sys, batmobile_nn; assert callable(batmobile_nn.patch); assert 'mace' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_product_blocks_it_cannot_swap_are_named(model):
+    from types import SimpleNamespace
+
+    from batmobile_nn.patches.mace import PRODUCT_SWAP
+
+    block = model.products[0]
+    assert PRODUCT_SWAP.why_unsupported(block) is None
+    block.cueq_config = SimpleNamespace(enabled=True, optimize_all=False, optimize_symmetric=True)
+    assert "cuEquivariance" in PRODUCT_SWAP.why_unsupported(block)
+    block.cueq_config = None
+    block.forward = lambda *args: None  # an instance forward batmobile_nn has not verified
+    assert "forward" in PRODUCT_SWAP.why_unsupported(block)
+    del block.forward
+    block.symmetric_contractions = torch.nn.Identity()
+    assert "Identity" in PRODUCT_SWAP.why_unsupported(block)
