@@ -16,8 +16,9 @@ Kernels (all parameters pointers, then int64; ``_sc.py`` launches them):
 ``bm_sc_dbl(v, grad_out, x, element, w, d_grad_out?, d_x?, n_nodes)`` (the backward's vector-Jacobian
 product along ``v = grad_grad_x``); ``bm_sc_wgrad(grad_out, x, v?, perm, chunk_start, chunk_end, partial,
 n_chunks)``: per chunk of at most ``CHUNK`` nodes of one element, the weight gradient of those nodes (with
-``v``, the double backward's) summed in registers; ``bm_sc_chunk_sum(partial, chunk_ptr, grad_w,
-n_elements)`` then adds each element's chunks in a fixed order.
+``v``, the double backward's) summed in registers; ``bm_sc_chunk_sum(partial, chunk_ptr, grad_w, n_elements,
+row)`` then adds each element's chunks in a fixed order. The forward, backward and double backward come
+in parts (``parts``): kernels over consecutive groups of weights, the first writing, the others adding.
 """
 
 from dataclasses import dataclass
