@@ -9,9 +9,11 @@ rounding.
 from typing import Optional
 
 import torch
+from ase.calculators.calculator import all_changes
 from mace.calculators import MACECalculator as StockMACECalculator
 
 from ..patches.mace import is_patched, patch
+from ._graphs import CudaGraphStep
 
 BACKENDS = ("batmobile", "e3nn")
 
@@ -25,6 +27,10 @@ class MACECalculator(StockMACECalculator):
             are patched in place (mace's calculator also moves and converts them in place).
         backend: ``"batmobile"`` (default) patches the models; ``"e3nn"`` leaves them stock (the same
             as mace's calculator, for comparisons). ``enable_cueq``/``enable_oeq`` need ``"e3nn"``.
+        cuda_graphs: replay each model call from a CUDA graph on padded, fixed shapes (mace's padding:
+            atoms and edges up to a budget that grows by 25% when outgrown, which captures anew); for MD
+            of small systems, which launches bound. Needs ``device="cuda"``. Off by default: it has not
+            yet run on a GPU.
 
     Properties: ``energy``, ``free_energy``, ``energies``, ``node_energy``, ``forces``, ``stress``
     (and the others mace's calculator offers for the model type).
@@ -36,17 +42,32 @@ class MACECalculator(StockMACECalculator):
     (-14.2..., (4, 3))
     """
 
-    def __init__(self, *args, backend: str = "batmobile", **kwargs):
+    def __init__(self, *args, backend: str = "batmobile", cuda_graphs: bool = False, **kwargs):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "batmobile" and (kwargs.get("enable_cueq") or kwargs.get("enable_oeq")):
             raise ValueError("enable_cueq / enable_oeq convert the model for another library: use backend='e3nn'")
+        if cuda_graphs and (kwargs.get("compile_mode") or kwargs.get("enable_oeq")):
+            raise ValueError("cuda_graphs replays the eager model: it does not combine with compile_mode / enable_oeq")
         super().__init__(*args, **kwargs)
         self.backend = backend
         if backend == "batmobile":
             for model in self.models:
                 # a torch.compile'd model (compile_mode=...) is traced on its first call: patch what it wraps
                 patch(_wrapped_module(model))
+        self.cuda_graphs = bool(cuda_graphs)
+        if self.cuda_graphs:
+            if torch.device(self.device).type != "cuda":
+                raise ValueError(f"cuda_graphs needs device='cuda', got {self.device!r}")
+            self.models = [CudaGraphStep(model) for model in self.models]
+        self.static_shapes = self.cuda_graphs  # pad every batch to the budget (mace's padding)
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        if self.static_shapes and not self._padding_initialized:
+            # the budget from the first structure: its atoms, and its edges + 25% (mace's rule)
+            real = super()._atoms_to_batch(atoms)
+            self._auto_estimate_padding(len(atoms), int(real["edge_index"].shape[1]))
+        super().calculate(atoms, properties, system_changes)
 
     @property
     def patched(self) -> bool:
@@ -55,5 +76,6 @@ class MACECalculator(StockMACECalculator):
 
 
 def _wrapped_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``torch.compile`` wrapper or a ``CudaGraphStep`` (both keep it as ``_orig_mod``)."""
     module: Optional[torch.nn.Module] = getattr(model, "_orig_mod", None)
     return module if isinstance(module, torch.nn.Module) else model

@@ -73,3 +73,53 @@ def test_invalid_arguments(model_path):
         MACECalculator(model_paths=model_path, backend="cuequivariance")
     with pytest.raises(ValueError, match="enable_cueq"):
         MACECalculator(model_paths=model_path, enable_cueq=True)
+
+
+def test_static_shapes_padding_gives_the_same_results(model_path):
+    """The padded path that cuda_graphs replays (mace's fake padding graph), here on the CPU without graphs:
+    the same numbers as unpadded, also after the edge budget is outgrown."""
+    ours = MACECalculator(model_paths=model_path, device="cpu", default_dtype="float64")
+    padded = MACECalculator(model_paths=model_path, device="cpu", default_dtype="float64")
+    padded.static_shapes = True
+    atoms = bulk_structure()
+    _assert_close(_results(padded, atoms), _results(ours, atoms), 1e-10)
+    budget = padded.pad_num_edges
+    assert padded._padding_initialized and budget > 0 and padded.pad_num_atoms == len(atoms)
+    squeezed = atoms.copy()
+    squeezed.set_cell(atoms.cell * 0.85, scale_atoms=True)  # more neighbours: past the edge budget
+    _assert_close(_results(padded, squeezed), _results(ours, squeezed), 1e-10)
+    assert padded.pad_num_edges > budget
+
+
+def test_cuda_graphs_arguments(model_path):
+    with pytest.raises(ValueError, match="cuda_graphs needs device='cuda'"):
+        MACECalculator(model_paths=model_path, device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="compile_mode"):
+        MACECalculator(model_paths=model_path, device="cpu", cuda_graphs=True, compile_mode="default")
+
+
+def test_cuda_graph_step_wraps_the_model(model_path):
+    from batmobile_nn.calculators._graphs import CudaGraphStep
+    from batmobile_nn.calculators.mace import _wrapped_module
+
+    model = torch.load(model_path, weights_only=False)
+    step = CudaGraphStep(model)
+    assert _wrapped_module(step) is model and step.r_max == model.r_max  # attributes pass through
+    assert [p.data_ptr() for p in step.parameters()] == [p.data_ptr() for p in model.parameters()]
+    data = {"positions": torch.zeros(3, 3), "ptr": torch.tensor([0, 3]), "head": None}
+    same = CudaGraphStep.signature(data, {"compute_stress": True})
+    assert same == CudaGraphStep.signature(dict(data), {"compute_stress": True})
+    assert same != CudaGraphStep.signature({**data, "positions": torch.zeros(4, 3)}, {"compute_stress": True})
+    assert same != CudaGraphStep.signature(data, {"compute_stress": False})
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_equal_eager_on_the_gpu(model_path):
+    """MD-like: the same structure moved, a replayed graph per call; numbers as without graphs."""
+    eager = MACECalculator(model_paths=model_path, device="cuda", default_dtype="float64")
+    graphed = MACECalculator(model_paths=model_path, device="cuda", default_dtype="float64", cuda_graphs=True)
+    atoms = bulk_structure()
+    for step in range(3):
+        atoms.positions += 0.01 * np.random.default_rng(step).standard_normal(atoms.positions.shape)
+        _assert_close(_results(graphed, atoms), _results(eager, atoms), 1e-10)
+    assert graphed.models[0].captures == 1  # one capture, replayed (the budget was not outgrown)
