@@ -6,7 +6,9 @@ small 64x0e+64x1o, medium 128x0e+128x1o, large 128x0e+128x1o+128x2e. Structures:
 cells (1,000 / 4,913 / 19,683 atoms; lattice 4.80 A, rattle 0.15 A: ~35 neighbours within 6 A, as in
 ../shared/PERFORMANCE.md), batched as mace's calculator does (config_from_atoms -> AtomicData.from_config -> Batch).
 Backends on the same weights and graph: e3nn (stock), cueq (mace.cli.convert_e3nn_cueq.run, conv fusion on CUDA), oeq
-(mace.cli.convert_e3nn_oeq.run), batmobile (batmobile_nn.patch of a copy); one not importable is "absent". Parity vs
+(mace.cli.convert_e3nn_oeq.run), batmobile (batmobile_nn.patch of a copy), batmobile-graphs (that, each inference call
+replayed from a CUDA graph as MACECalculator(cuda_graphs=True) does; CUDA and inference only); one not importable is
+"absent". Parity vs
 e3nn: energy and forces (inference), loss and the first step's gradients of same-named parameters (train); beyond
 TOLERANCE the status is "failed parity" (still timed). Modes: inference = energy + forces by autograd (parameters
 frozen, as mace's calculator); train = energy/atom + force MSE (zero targets), double backward, Adam, on a fresh copy
@@ -45,7 +47,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 ARCHS = {"small": "64x0e+64x1o", "medium": "128x0e+128x1o", "large": "128x0e+128x1o+128x2e", "quick": "8x0e+8x1o"}
-BACKENDS, MODES, DTYPES = ("e3nn", "cueq", "oeq", "batmobile"), ("inference", "train"), {
+BACKENDS, MODES, DTYPES = ("e3nn", "cueq", "oeq", "batmobile", "batmobile-graphs"), ("inference", "train"), {
     "float32": torch.float32, "float64": torch.float64}
 R_MAX, LATTICE, RATTLE, Z_TABLE = 6.0, 4.80, 0.15, list(range(1, 90))  # MACE-MP: 89 elements, H..Ac
 TOLERANCE = {torch.float32: 5e-4, torch.float64: 1e-8}  # relative: max |got - e3nn| / max |e3nn|
@@ -100,6 +102,11 @@ def make_backend(name, base, device):
         return copy.deepcopy(base)
     if name == "batmobile":
         return batmobile_nn.patch(copy.deepcopy(base))
+    if name == "batmobile-graphs":  # the calculator's cuda_graphs=True: the whole call replayed from a CUDA graph
+        if device.type != "cuda":
+            raise Absent("absent: CUDA graphs need CUDA")
+        from batmobile_nn.calculators._graphs import CudaGraphStep
+        return CudaGraphStep(batmobile_nn.patch(copy.deepcopy(base)))
     try:
         if name == "cueq":
             import cuequivariance_torch  # noqa: F401
@@ -385,6 +392,8 @@ def main():
                            "dtype": dtype_name, "mode": mode, "backend": backend, "notes": notes.get(backend, [])}
                     if isinstance(models[backend], str):
                         row["status"] = models[backend]
+                    elif backend == "batmobile-graphs" and mode == "train":
+                        row["status"] = "absent: inference only (CUDA graphs are for MD)"
                     else:
                         bench_row(row, backend, models[backend], base, batch, ref, device, args)
                     rows.append(row)

@@ -160,8 +160,11 @@ def test_mace_table_compares_ours_with_the_best_peer():
         {**row, "backend": "e3nn", "wall_ms": 30.0, "kernel_ms": 20.0, "peak_memory_bytes": 3e9},
         {**row, "backend": "cueq", "wall_ms": 50.0, "kernel_ms": 4.0, "peak_memory_bytes": 7e8},
         {**row, "backend": "oeq", "status": "oom"},
-        {**row, "backend": "batmobile", "wall_ms": 20.0, "kernel_ms": 5.0, "peak_memory_bytes": 8e8}]}
+        {**row, "backend": "batmobile", "wall_ms": 20.0, "kernel_ms": 5.0, "peak_memory_bytes": 8e8},
+        {**row, "backend": "batmobile-graphs", "wall_ms": 2.0, "kernel_ms": 1.0, "peak_memory_bytes": 8e8}]}
     header, _, line = table.mace_table(data)
     assert "batmobile vs best peer: wall" in header
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[5:] == ["30.0 / 20.0 / 3.00", "50.0 / 4.00 / 0.70", "oom", "20.0 / 5.00 / 0.80", "×1.50", "×0.80"]
+    # our own variant (batmobile-graphs) has its column but is not a peer
+    assert cells[5:] == ["30.0 / 20.0 / 3.00", "50.0 / 4.00 / 0.70", "oom", "20.0 / 5.00 / 0.80", "2.00 / 1.00 / 0.80",
+                         "×1.50", "×0.80"]
