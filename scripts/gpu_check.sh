@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks, in one command on the GPU machine (see ../shared/gpu/README.md): build the kernels
-# (timed), run the GPU tests, compute-sanitizer memcheck and racecheck on a small problem, and the
+# (timed), run the GPU tests (tests/cuda and the MACE backend's: parity, calculator, CUDA graphs, MD),
+# compute-sanitizer memcheck and racecheck on a small problem, and the
 # benchmark when scripts/bench_ops.py exists. From the repo root, with .whl/ carried:
 #   bash scripts/gpu_check.sh
 # Logs go to $OUT (the device tool's folder; /tmp/out elsewhere); the built extension is tarred into
@@ -23,7 +24,7 @@ echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
 (cd "$BATMOBILE_NN_CACHE" && tar -czf "$OUT/batmobile_nn_cache.tar.gz" */*.so)
 
 echo "=== tests ($(date +%T))"
-timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m cuda -q tests/cuda -p no:cacheprovider --timeout 240 \
+timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m cuda -q tests/cuda tests/mace_backend -p no:cacheprovider --timeout 240 \
     --maxfail 80 -rf --durations=12 2>&1 | tee "$OUT/cuda-tests.log"
 
 echo "=== compute-sanitizer ($(date +%T))"

@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--backend", choices=["batmobile", "e3nn"], default="batmobile",
                         help="batmobile: patched model (our ops); e3nn: stock MACE, for comparison")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each step from a CUDA graph (GPU only; not yet run on a GPU)")
     parser.add_argument("--output", default="md_output", help="directory for md.traj and md.log")
     parser.add_argument("--log_interval", type=int, default=10, help="steps between trajectory frames/log lines")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and the thermostat")
@@ -40,6 +42,6 @@ def run(args) -> int:
         model=args.model, structure=args.structure, steps=args.steps, timestep_fs=args.timestep,
         temperature_K=args.temperature, ensemble=args.ensemble, friction_per_fs=args.friction,
         device=args.device, dtype=args.dtype, backend=args.backend, output=args.output,
-        log_interval=args.log_interval, seed=args.seed, threads=args.threads,
+        log_interval=args.log_interval, seed=args.seed, threads=args.threads, cuda_graphs=args.cuda_graphs,
     )
     return 0
