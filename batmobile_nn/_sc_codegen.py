@@ -184,14 +184,21 @@ def forward_source(spec: ScSpec, ctype: str, ps: Optional[Sequence[int]] = None,
     lines = _head(spec, ctype, "bm_sc_fwd", "const T* __restrict__ x, const i64* __restrict__ element, "
                   "const T* __restrict__ w, T* __restrict__ out, i64 n_nodes") + _NODE_LOOP
     lines += _loads(spec, "x", "x", "t") + [_weight_row("element[b]")]
-    lines += [f"    T o{k} = T(0);" for k in range(len(spec.comps))]
-    for p, rows in sorted(_by_p(spec, ps).items()):
-        lines.append(f"    {{ const T wp = wrow[{p} * MUL];")
-        lines += [f"      o{k} += wp * ({_expr(ts)});" for k, ts in rows]
-        lines.append("    }")
-    lines.append("    T* orow = out + b * WIDTH;")
-    lines += [f"    orow[{col} + c * {D} + {m}] {_store(accumulate)} o{k};" for k, (col, D, m) in enumerate(spec.comps)]
+    lines += _output_lines(spec, lambda ts: ts, ps, "out", accumulate, "    ")
     return "\n".join(lines + ["  }", "}"]) + "\n"
+
+
+def _output_lines(spec: ScSpec, transform, ps: Optional[Sequence[int]], dest: str, accumulate: bool,
+                  indent: str) -> List[str]:
+    """``dest[b, k] (+)= sum over p in ps of w_p transform(poly_kp)`` for every output component ``k``."""
+    lines = [f"{indent}T o{k} = T(0);" for k in range(len(spec.comps))]
+    for p, rows in sorted(_by_p(spec, ps).items()):
+        lines.append(f"{indent}{{ const T wp = wrow[{p} * MUL];")
+        lines += [f"{indent}  o{k} += wp * ({_expr(transform(ts))});" for k, ts in rows]
+        lines.append(f"{indent}}}")
+    lines.append(f"{indent}T* orow = {dest} + b * WIDTH;")
+    return lines + [f"{indent}orow[{col} + c * {D} + {m}] {_store(accumulate)} o{k};"
+                    for k, (col, D, m) in enumerate(spec.comps)]
 
 
 def _grad_x_lines(spec: ScSpec, transform, out: str, ps: Optional[Sequence[int]]) -> List[str]:
@@ -229,13 +236,7 @@ def double_backward_source(spec: ScSpec, ctype: str, ps: Optional[Sequence[int]]
                   "T* __restrict__ d_grad_out, T* __restrict__ d_x, i64 n_nodes") + _NODE_LOOP
     lines += _loads(spec, "x", "x", "t") + _loads(spec, "v", "v", "t") + [_weight_row("element[b]")]
     lines.append("    if (d_grad_out) {")
-    lines += [f"      T o{k} = T(0);" for k in range(len(spec.comps))]
-    for p, rows in sorted(_by_p(spec, ps).items()):
-        lines.append(f"      {{ const T wp = wrow[{p} * MUL];")
-        lines += [f"        o{k} += wp * ({_expr(merged(along_v(ts)))});" for k, ts in rows]
-        lines.append("      }")
-    lines.append("      T* orow = d_grad_out + b * WIDTH;")
-    lines += [f"      orow[{col} + c * {D} + {m}] {_store(accumulate)} o{k};" for k, (col, D, m) in enumerate(spec.comps)]
+    lines += _output_lines(spec, lambda ts: merged(along_v(ts)), ps, "d_grad_out", accumulate, "      ")
     lines += ["    }", "    if (d_x) {"] + ["  " + s for s in _grad_loads(spec, "b")]
     lines += _grad_x_lines(spec, lambda ts: merged(along_v(ts)), "dx", ps)
     lines += [f"      d_x[t * DIM + {i}] {_store(accumulate)} dx{i};" for i in range(spec.dim)]
