@@ -13,7 +13,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -36,9 +36,14 @@ THREADS = _sc_codegen.THREADS
 class ScKernels:
     spec: _sc_codegen.ScSpec
     sources: Dict[str, List[str]]  # kernel name -> its parts' sources (_sc_codegen.parts); compiled on first launch
+    loaded: Dict[tuple, List[int]] = field(default_factory=dict)  # (name, device) -> handles
 
     def handles(self, name: str, device: torch.device) -> List[int]:
-        return [_jit.kernel(source, name, device) for source in self.sources[name]]
+        # kept here: _jit.kernel hashes the source (100 KB and more) to find it, too slow for every launch
+        key = (name, device)
+        if key not in self.loaded:
+            self.loaded[key] = [_jit.kernel(source, name, device) for source in self.sources[name]]
+        return self.loaded[key]
 
     def handle(self, name: str, device: torch.device) -> int:
         (handle,) = self.handles(name, device)
