@@ -64,14 +64,8 @@ def _check(x: Tensor, element: Tensor, weight: Tensor, u: List[Tensor], correlat
 
 
 def _check_element_range(element: Tensor, n_elements: int):
-    """``0 <= element < n_elements`` (reads the data; skipped while a CUDA graph is captured)."""
-    if not _checks._check_indices or element.numel() == 0:
-        return
-    if element.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    lo, hi = (int(v) for v in torch.aminmax(element))
-    if lo < 0 or hi >= n_elements:
-        _fail(f"element holds indices in [{lo}, {hi}] but weight has {n_elements} elements")
+    """``0 <= element < n_elements`` (reads the data once per element tensor; skipped while a CUDA graph is captured)."""
+    _checks.index_ranges(OP, n_elements, "weight has {} elements", element=element)
 
 
 def _check_backward(grad_out, x, element, weight, u, correlations):
