@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _build, _sc, _uvu, reference
+from . import _backend, _build, _element_linear, _sc, _uvu, reference
 from .ops import _checks, _plan
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
@@ -293,4 +293,5 @@ def load(device: Optional[torch.device] = None) -> None:
     _build.load(device)
     kernels = {name: globals()[name] for name in KERNEL_NAMES}
     kernels.update({name: getattr(_sc, name) for name in _sc.KERNEL_NAMES})
+    kernels.update({name: getattr(_element_linear, name) for name in _element_linear.KERNEL_NAMES})
     _backend.KERNELS["cuda"] = kernels

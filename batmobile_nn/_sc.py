@@ -129,11 +129,11 @@ def double_backward_nodes(k: ScKernels, v: Tensor, grad_out: Tensor, x: Tensor, 
     return d_g, d_x
 
 
-def _chunks(element: Tensor, n_elements: int):
-    """Nodes sorted by element, cut into chunks of at most CHUNK nodes of one element, with no host sync:
+def _chunks(element: Tensor, n_elements: int, size: int = _sc_codegen.CHUNK):
+    """Nodes sorted by element, cut into chunks of at most ``size`` nodes of one element, with no host sync:
     ``(perm [n], chunk_start [M], chunk_end [M], chunk_ptr [E + 1])`` for a fixed bound
-    ``M = ceil(n / CHUNK) + E`` (the chunks past the last are empty)."""
-    n, size = element.shape[0], _sc_codegen.CHUNK
+    ``M = ceil(n / size) + E`` (the chunks past the last are empty)."""
+    n = element.shape[0]
     perm = torch.argsort(element, stable=True)  # [n]
     # [E]; bincount would read the largest element back to the host (a sync), index_add_ of integers does not
     counts = torch.zeros(n_elements, dtype=torch.long, device=element.device).index_add_(0, element, torch.ones_like(element))
