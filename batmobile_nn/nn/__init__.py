@@ -1,6 +1,7 @@
-"""Layers built on the batmobile ops (``EquivariantConv``, ``SymmetricContraction``; more as the kernels land)."""
+"""Layers built on the batmobile ops (``EquivariantConv``, ``ElementLinear``, ``SymmetricContraction``; more as the kernels land)."""
 
 from ._conv import EquivariantConv
+from ._element_linear import ElementLinear
 from ._symmetric_contraction import SymmetricContraction
 
-__all__ = ["EquivariantConv", "SymmetricContraction"]
+__all__ = ["EquivariantConv", "ElementLinear", "SymmetricContraction"]

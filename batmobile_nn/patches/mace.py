@@ -1,7 +1,8 @@
 """The MACE backend: ``patch`` / ``unpatch`` a mace-torch model in place.
 
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
-block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``) and the symmetric
+block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``), its skip connection
+(``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``) and the symmetric
 contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``). The linears and
 readouts stay e3nn modules for now; later swaps register themselves in the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
 and tensors) as the stock one, so it loads into stock MACE and back, and ``unpatch`` gives back the
@@ -26,6 +27,7 @@ from mace.modules import symmetric_contraction as mace_sc
 
 from ._conv import ConvSwap
 from ._product import ProductSwap
+from ._skip import SkipSwap
 from ._registry import UnsupportedBlockWarning, register_swap, registered_swaps
 
 SUPPORTED_BLOCKS: Tuple[type, ...] = (
@@ -45,6 +47,7 @@ def _fused_forwards() -> List[Callable]:
 CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
 PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBlock, mace_sc.SymmetricContraction,
                                          lambda: mace_blocks.EquivariantProductBasisBlock.forward))
+SKIP_SWAP = register_swap(SkipSwap(lambda: SUPPORTED_BLOCKS))
 
 
 def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
