@@ -61,7 +61,8 @@ def run_md(model: Union[str, Path] = DEFAULT_MODEL, structure: Union[str, Path] 
            steps: int = 200, timestep_fs: float = 2.0, temperature_K: float = 300.0, ensemble: str = "nvt",
            friction_per_fs: float = 0.01, device: Optional[str] = None, dtype: str = "float32",
            backend: str = "batmobile", output: Union[str, Path] = "md_output", log_interval: int = 10,
-           seed: int = 0, threads: Optional[int] = None, progress: bool = True, cuda_graphs: bool = False) -> MDResult:
+           seed: int = 0, threads: Optional[int] = None, progress: bool = True,
+           cuda_graphs: Optional[bool] = None) -> MDResult:
     """Runs MD with ``batmobile_nn.calculators.MACECalculator``, writing ``md.traj`` and ``md.log`` in ``output``.
 
     Velocities start from a Maxwell–Boltzmann distribution at ``temperature_K`` (zero total momentum).
@@ -83,8 +84,8 @@ def run_md(model: Union[str, Path] = DEFAULT_MODEL, structure: Union[str, Path] 
         threads: torch CPU threads during the run; ``None``: 1 on the CPU (a system of a few hundred atoms
             gains little from more, and a shared or oversubscribed CPU loses a lot), torch's setting on a GPU.
         progress: show a tqdm progress bar (on stderr).
-        cuda_graphs: the calculator's ``cuda_graphs`` (each step replayed from a CUDA graph; GPU only, not yet
-            run on a GPU).
+        cuda_graphs: the calculator's ``cuda_graphs`` (each step replayed from a CUDA graph; ``None``: on
+            with the batmobile backend on a GPU).
 
     Returns:
         an :class:`MDResult` (timing and output paths).

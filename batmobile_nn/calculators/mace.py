@@ -29,8 +29,9 @@ class MACECalculator(StockMACECalculator):
             as mace's calculator, for comparisons). ``enable_cueq``/``enable_oeq`` need ``"e3nn"``.
         cuda_graphs: replay each model call from a CUDA graph on padded, fixed shapes (mace's padding:
             atoms and edges up to a budget that grows by 25% when outgrown, which captures anew); for MD
-            of small systems, which launches bound. Needs ``device="cuda"``. Off by default: it has not
-            yet run on a GPU.
+            of small systems, which launches bound. ``None`` (default): on with ``backend="batmobile"`` on
+            a CUDA device (unless ``compile_mode`` or ``enable_oeq`` is given), off otherwise; ``False``
+            turns it off; ``True`` asks for it (and needs ``device="cuda"``).
 
     Properties: ``energy``, ``free_energy``, ``energies``, ``node_energy``, ``forces``, ``stress``
     (and the others mace's calculator offers for the model type).
@@ -42,7 +43,7 @@ class MACECalculator(StockMACECalculator):
     (-14.2..., (4, 3))
     """
 
-    def __init__(self, *args, backend: str = "batmobile", cuda_graphs: bool = False, **kwargs):
+    def __init__(self, *args, backend: str = "batmobile", cuda_graphs: Optional[bool] = None, **kwargs):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "batmobile" and (kwargs.get("enable_cueq") or kwargs.get("enable_oeq")):
@@ -50,6 +51,9 @@ class MACECalculator(StockMACECalculator):
         if cuda_graphs and (kwargs.get("compile_mode") or kwargs.get("enable_oeq")):
             raise ValueError("cuda_graphs replays the eager model: it does not combine with compile_mode / enable_oeq")
         super().__init__(*args, **kwargs)
+        if cuda_graphs is None:
+            cuda_graphs = (backend == "batmobile" and torch.device(self.device).type == "cuda"
+                           and not (kwargs.get("compile_mode") or kwargs.get("enable_oeq")))
         self.backend = backend
         if backend == "batmobile":
             for model in self.models:

@@ -1,5 +1,7 @@
 """``batmobile-nn md``: molecular dynamics with a MACE model through ASE (see ``batmobile_nn.md``)."""
 
+import argparse
+
 
 def register(subparsers) -> None:
     from ..md import DEFAULT_MODEL, DEFAULT_STRUCTURE
@@ -24,8 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--backend", choices=["batmobile", "e3nn"], default="batmobile",
                         help="batmobile: patched model (our ops); e3nn: stock MACE, for comparison")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="replay each step from a CUDA graph (GPU only; not yet run on a GPU)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay each step from a CUDA graph (default: on with the batmobile backend on a GPU)")
     parser.add_argument("--output", default="md_output", help="directory for md.traj and md.log")
     parser.add_argument("--log_interval", type=int, default=10, help="steps between trajectory frames/log lines")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and the thermostat")

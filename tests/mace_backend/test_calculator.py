@@ -96,6 +96,7 @@ def test_cuda_graphs_arguments(model_path):
         MACECalculator(model_paths=model_path, device="cpu", cuda_graphs=True)
     with pytest.raises(ValueError, match="compile_mode"):
         MACECalculator(model_paths=model_path, device="cpu", cuda_graphs=True, compile_mode="default")
+    assert not MACECalculator(model_paths=model_path, device="cpu").cuda_graphs  # on by default on a GPU only
 
 
 def test_cuda_graph_step_wraps_the_model(model_path):
@@ -116,8 +117,10 @@ def test_cuda_graph_step_wraps_the_model(model_path):
 @pytest.mark.cuda
 def test_cuda_graphs_equal_eager_on_the_gpu(model_path):
     """MD-like: the same structure moved, a replayed graph per call; numbers as without graphs."""
-    eager = MACECalculator(model_paths=model_path, device="cuda", default_dtype="float64")
-    graphed = MACECalculator(model_paths=model_path, device="cuda", default_dtype="float64", cuda_graphs=True)
+    eager = MACECalculator(model_paths=model_path, device="cuda", default_dtype="float64", cuda_graphs=False)
+    graphed = MACECalculator(model_paths=model_path, device="cuda", default_dtype="float64")  # on by default
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    assert not MACECalculator(model_paths=model_path, device="cuda", backend="e3nn").cuda_graphs
     atoms = bulk_structure()
     for step in range(3):
         atoms.positions += 0.01 * np.random.default_rng(step).standard_normal(atoms.positions.shape)

@@ -71,13 +71,14 @@ def test_cuda_graphs_flag_reaches_the_calculator(tmp_path):
     """On the CPU the flag is a clear error from the calculator (the graphs need CUDA)."""
     with pytest.raises(ValueError, match="cuda_graphs needs device='cuda'"):
         main(["md", "--steps", "1", "--device", "cpu", "--cuda-graphs", "--output", str(tmp_path)])
+    main(["md", "--steps", "1", "--device", "cpu", "--no-cuda-graphs", "--output", str(tmp_path)])  # the off switch
 
 
 @pytest.mark.cuda
 def test_cuda_graphs_md_on_the_gpu(tmp_path):
     """The same NVE trajectory with and without CUDA graphs (float64: identical up to rounding)."""
-    plain = run_md(steps=5, ensemble="nve", device="cuda", dtype="float64", output=tmp_path / "a", progress=False)
-    graphs = run_md(steps=5, ensemble="nve", device="cuda", dtype="float64", output=tmp_path / "b", progress=False,
-                    cuda_graphs=True)
+    plain = run_md(steps=5, ensemble="nve", device="cuda", dtype="float64", output=tmp_path / "a", progress=False,
+                   cuda_graphs=False)
+    graphs = run_md(steps=5, ensemble="nve", device="cuda", dtype="float64", output=tmp_path / "b", progress=False)
     a, b = ase.io.read(plain.trajectory, index=-1), ase.io.read(graphs.trajectory, index=-1)
     assert np.abs(a.positions - b.positions).max() < 1e-9
