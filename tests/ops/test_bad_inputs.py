@@ -196,3 +196,16 @@ def test_index_checks_can_be_turned_off():
 def test_make_plan(irreps_in1, irreps_out, instruction, match):
     with pytest.raises(ValueError, match=match):
         make_plan(irreps_in1, "1x0e", irreps_out, [instruction])
+
+
+def test_an_index_tensor_changed_in_place_is_checked_again():
+    """Index checks remember the tensors they passed (one synchronization per edge_index and step on the GPU);
+    an in-place change bumps the tensor's version, so the changed values are checked anew."""
+    sender, receiver = _graph()
+    _conv(sender=sender, receiver=receiver)
+    _conv(sender=sender, receiver=receiver)  # remembered: passes again
+    receiver[2] = N_NODES
+    with pytest.raises(ValueError, match=f"receiver holds indices in \\[1, {N_NODES}\\]"):
+        _conv(sender=sender, receiver=receiver)
+    with pytest.raises(ValueError, match="receiver holds indices"):
+        _conv(sender=sender, receiver=receiver)  # a failed check is not remembered
