@@ -110,7 +110,7 @@ def _tables_for(plan: List[int], cg: List[float], device: torch.device, dtype: t
 # offset, version, shape and stride, holding on to the tensor so that its memory cannot be reused under
 # the same key; an in-place change moves the version.
 _graphs: "OrderedDict[tuple, Tuple[Tensor, tuple]]" = OrderedDict()
-MAX_GRAPHS = 8
+MAX_GRAPHS = 16  # a step's receiver, sender and element graphs, for a few models in turn
 
 
 def _identity(t: Tensor) -> tuple:

@@ -133,6 +133,12 @@ def _chunks(element: Tensor, n_elements: int, size: int = _sc_codegen.CHUNK):
     """Nodes sorted by element, cut into chunks of at most ``size`` nodes of one element, with no host sync:
     ``(perm [n], chunk_start [M], chunk_end [M], chunk_ptr [E + 1])`` for a fixed bound
     ``M = ceil(n / size) + E`` (the chunks past the last are empty)."""
+    from ._cuda import _memo  # the graph cache: the same element tensor serves every call of a step
+
+    return _memo("chunks", (element,), (n_elements, size), lambda: _compute_chunks(element, n_elements, size))
+
+
+def _compute_chunks(element: Tensor, n_elements: int, size: int):
     n = element.shape[0]
     perm = torch.argsort(element, stable=True)  # [n]
     # [E]; bincount would read the largest element back to the host (a sync), index_add_ of integers does not

@@ -26,3 +26,14 @@ def test_cache_is_bounded():
     for n in range(3 * _cuda.MAX_GRAPHS):
         _cuda._sender_graph(torch.arange(n + 1), n + 1, None)
     assert len(_cuda._graphs) <= _cuda.MAX_GRAPHS
+
+
+def test_element_chunks_once_per_element_tensor():
+    from batmobile_nn import _sc
+
+    element = torch.tensor([2, 0, 0, 1, 2, 2])
+    first = _sc._chunks(element, 3, 2)
+    assert _sc._chunks(element, 3, 2) is first
+    assert _sc._chunks(element, 3, 4) is not first  # another chunk size
+    perm, start, end, chunk_ptr = first
+    assert perm.tolist() == [1, 2, 3, 0, 4, 5] and chunk_ptr.tolist() == [0, 1, 2, 4]

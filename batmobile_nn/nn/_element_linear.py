@@ -14,6 +14,7 @@ from e3nn import o3
 from torch import Tensor
 
 from ..ops.element_linear import element_linear  # noqa: F401  (registers torch.ops.batmobile.element_linear)
+from ._elements import element_index
 
 
 def _unsupported(tp: torch.nn.Module) -> Optional[str]:
@@ -88,7 +89,10 @@ class ElementLinear(torch.nn.Module):
             if y.dim() != 2 or y.shape[0] != n or y.shape[1] != self.num_elements:
                 raise ValueError("y (node_attrs) must have shape [n_nodes=" + str(n) + ", num_elements="
                                  + str(self.num_elements) + "], got " + str(list(y.shape)))
-            element = y.argmax(dim=-1)  # [n_nodes]
+            if torch.jit.is_scripting():
+                element = y.argmax(dim=-1)  # [n_nodes]
+            else:
+                element = element_index(y)  # computed once per node_attrs tensor
         else:
             element = y
         outs: List[Optional[Tensor]] = [None for _ in self._out_blocks]

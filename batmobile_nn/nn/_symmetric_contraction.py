@@ -7,6 +7,7 @@ from e3nn import o3
 from torch import Tensor
 
 from ..ops.symmetric_contraction import MAX_CORRELATION  # importing it registers torch.ops.batmobile.*
+from ._elements import element_index
 from ._mace_cg import u_matrix
 
 
@@ -183,7 +184,10 @@ class SymmetricContraction(torch.nn.Module):
             if y.dim() != 2 or y.shape[1] != self.num_elements:
                 raise ValueError("y (node_attrs) must have shape [n_nodes, num_elements=" + str(self.num_elements)
                                  + "], got " + str(list(y.shape)))
-            element = y.argmax(dim=-1)
+            if torch.jit.is_scripting():
+                element = y.argmax(dim=-1)  # [n_nodes]
+            else:
+                element = element_index(y)  # computed once per node_attrs tensor
         else:
             element = y
         us: List[Tensor] = []

@@ -66,3 +66,14 @@ def test_bad_inputs_and_refused_products():
         ElementLinear.from_e3nn(o3.TensorProduct("4x0e", "3x0e", "4x0e", [(0, 0, 0, "uvu", True)]))
     with pytest.raises(ValueError, match="not internal and shared"):
         ElementLinear.from_e3nn(o3.FullyConnectedTensorProduct("4x0e", "3x0e", "4x0e", shared_weights=False))
+
+
+def test_element_index_once_per_node_attrs():
+    """The skip connections and product blocks of a step share one element tensor (it keys the kernels' caches)."""
+    from batmobile_nn.nn._elements import element_index
+
+    attrs = torch.nn.functional.one_hot(torch.tensor([2, 0, 1]), 3).float()
+    first = element_index(attrs)
+    assert element_index(attrs) is first and torch.equal(first, torch.tensor([2, 0, 1]))
+    attrs[0] = torch.tensor([1.0, 0.0, 0.0])  # in place: a new version, a new index
+    assert torch.equal(element_index(attrs), torch.tensor([0, 0, 1]))
