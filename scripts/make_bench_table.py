@@ -164,9 +164,10 @@ def mace_table(data, ours="batmobile"):
         groups.setdefault((r.get("model"), r.get("atoms"), r.get("edges"), r.get("dtype"), r.get("mode")), {})[
             r.get("backend")] = r
     peers = [b for b in backends if not b.startswith(ours)]  # not our own variants (batmobile-graphs)
+    variants = [b for b in backends if b.startswith(ours) and b != ours]  # compared in wall time too
     header = ["model", "atoms", "edges", "dtype", "mode", *(f"{b}: wall / kernel ms / peak GB" for b in backends)]
     if ours in backends and peers:
-        header += [f"{ours} vs best peer: wall", "kernel"]
+        header += [f"{ours} vs best peer: wall", "kernel", *(f"{v} vs best peer: wall" for v in variants)]
     body = []
     for (model, atoms, edges, dtype, mode), by_backend in groups.items():
         cells = [fmt_value("model", model), fmt_value("atoms", atoms), fmt_value("edges", edges),
@@ -179,8 +180,8 @@ def mace_table(data, ours="batmobile"):
                 cells.append(f"{fmt_ms(r['wall_ms'])} / {fmt_ms(r.get('kernel_ms'))} / "
                              f"{fmt_value('peak_memory_bytes', r.get('peak_memory_bytes'))}")
         if ours in backends and peers:
-            mine = by_backend.get(ours, {})
-            for key in ("wall_ms", "kernel_ms"):
+            for name, key in [(ours, "wall_ms"), (ours, "kernel_ms")] + [(v, "wall_ms") for v in variants]:
+                mine = by_backend.get(name, {})
                 others = [by_backend[b][key] for b in peers if by_backend.get(b, {}).get(key) is not None
                           and by_backend[b].get("status") == "ok"]
                 ok = mine.get(key) is not None and mine.get("status") == "ok" and others

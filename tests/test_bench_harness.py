@@ -165,6 +165,7 @@ def test_mace_table_compares_ours_with_the_best_peer():
     header, _, line = table.mace_table(data)
     assert "batmobile vs best peer: wall" in header
     cells = [c.strip() for c in line.strip("|").split("|")]
-    # our own variant (batmobile-graphs) has its column but is not a peer
+    # our own variant (batmobile-graphs) has its columns (wall against the best peer) but is not a peer
+    assert "batmobile-graphs vs best peer: wall" in header
     assert cells[5:] == ["30.0 / 20.0 / 3.00", "50.0 / 4.00 / 0.70", "oom", "20.0 / 5.00 / 0.80", "2.00 / 1.00 / 0.80",
-                         "×1.50", "×0.80"]
+                         "×1.50", "×0.80", "×15.00"]
