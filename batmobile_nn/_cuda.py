@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, _build, _element_linear, _sc, _uvu, reference
+from ._identity import identity
 from .ops import _checks, _plan
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
@@ -106,22 +107,20 @@ def _tables_for(plan: List[int], cg: List[float], device: torch.device, dtype: t
 # ---- graphs ---------------------------------------------------------------------------------------
 # The CSR arrays of the graphs seen last. One training step calls the convolution's forward, backward and
 # double backward on the same edge_index in every interaction block; each call sorted it again (argsort
-# took 5% of a MACE-MP-medium training step's GPU time on an H200). Keyed by the index tensor's storage,
-# offset, version, shape and stride, holding on to the tensor so that its memory cannot be reused under
-# the same key; an in-place change moves the version.
+# took 5% of a MACE-MP-medium training step's GPU time on an H200). Keyed by the index tensor's identity
+# (``_identity.py``), holding on to the tensor so that its memory cannot be reused under the same key; an
+# in-place change moves the version.
 _graphs: "OrderedDict[tuple, Tuple[Tensor, tuple]]" = OrderedDict()
 MAX_GRAPHS = 16  # a step's receiver, sender and element graphs, for a few models in turn
-
-
-def _identity(t: Tensor) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), t._version, tuple(t.shape), tuple(t.stride()),
-            t.dtype, t.device)
 
 
 def _memo(tag: str, indices: Tuple[Tensor, ...], extra: tuple, compute):
     if indices[0].is_cuda and torch.cuda.is_current_stream_capturing():
         return compute()  # nothing cached from inside a capture
-    key = (tag,) + tuple(_identity(t) for t in indices) + extra
+    identities = tuple(identity(t) for t in indices)
+    if None in identities:
+        return compute()  # inference tensors: no version counter to key on
+    key = (tag,) + identities + extra
     found = _graphs.get(key)
     if found is not None:
         _graphs.move_to_end(key)

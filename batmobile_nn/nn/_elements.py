@@ -3,13 +3,15 @@
 MACE passes one ``node_attrs`` to every skip connection and product block of a step; the index tensor
 computed from it keys the per-element caches of the kernels (nodes sorted by element) and its range
 check, so computing it once saves those launches and synchronizations in every later module of the
-step. Keyed by the tensor's storage, offset, version, shape and stride; entries hold their tensor.
+step. Keyed by the tensor's identity (``batmobile_nn/_identity.py``); entries hold their tensor.
 """
 
 from collections import OrderedDict
 
 import torch
 from torch import Tensor
+
+from .._identity import identity
 
 _cache: "OrderedDict[tuple, tuple]" = OrderedDict()
 MAX_ENTRIES = 8
@@ -20,8 +22,9 @@ def element_index(node_attrs: Tensor) -> Tensor:
     """``node_attrs.argmax(-1)`` ([n_nodes], int64), the same tensor for the same ``node_attrs``."""
     if torch.compiler.is_compiling() or (node_attrs.is_cuda and torch.cuda.is_current_stream_capturing()):
         return node_attrs.argmax(dim=-1)  # nothing cached while traced or captured
-    key = (node_attrs.untyped_storage().data_ptr(), node_attrs.storage_offset(), node_attrs._version,
-           tuple(node_attrs.shape), tuple(node_attrs.stride()), node_attrs.dtype, node_attrs.device)
+    key = identity(node_attrs)
+    if key is None:
+        return node_attrs.argmax(dim=-1)  # an inference tensor: no version counter to key on
     found = _cache.get(key)
     if found is not None:
         _cache.move_to_end(key)

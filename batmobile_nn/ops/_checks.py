@@ -10,6 +10,7 @@ from typing import Sequence
 
 import torch
 
+from .._identity import identity
 from . import _plan
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -95,34 +96,41 @@ def conv(op, node_feats, edge_attrs, weight, sender, receiver, plan_, cg):
             _fail(op, f"{name} is on {index.device} but node_feats is on {node_feats.device}")
 
 
-# Index tensors already checked, by identity (storage, offset, version, shape, stride): MACE passes one
+# Index tensors already checked, by identity (``batmobile_nn/_identity.py``): MACE passes one
 # edge_index to every convolution of a step, forward, backward and double backward; checking it once
 # saves a synchronization per call. Entries hold their tensor, so its memory cannot be reused under the key.
 _checked: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 MAX_CHECKED = 16
 
 
-def _identity(t: torch.Tensor, bound: int) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), t._version, tuple(t.shape), tuple(t.stride()),
-            t.dtype, t.device, bound)
+def _key(t: torch.Tensor, bound: int):
+    found = identity(t)
+    return None if found is None else found + (bound,)
 
 
 def index_ranges(op, n_nodes: int, _bound_is: str = "there are {} nodes", **indices: torch.Tensor):
-    """Check ``0 <= index < n_nodes`` for every index tensor given (``_bound_is`` words the bound), each tensor once (reading the data is one
-    synchronization on the GPU, for all of them together); skipped while a CUDA graph is being captured."""
+    """Check ``0 <= index < n_nodes`` for every index tensor given (``_bound_is`` words the bound), each tensor
+    once (reading the data is one synchronization on the GPU, for all of them together); skipped while a CUDA
+    graph is being captured."""
     if not _check_indices or indices[next(iter(indices))].numel() == 0:
         return
     if indices[next(iter(indices))].is_cuda and torch.cuda.is_current_stream_capturing():
         return
-    new = {name: index for name, index in indices.items() if _identity(index, n_nodes) not in _checked}
+    keys = {name: _key(index, n_nodes) for name, index in indices.items()}
+    for key in keys.values():
+        if key is not None and key in _checked:
+            _checked.move_to_end(key)  # least recently used goes first
+    new = {name: index for name, index in indices.items() if keys[name] is None or keys[name] not in _checked}
     if not new:
         return
     bounds = torch.stack([torch.stack(torch.aminmax(index)) for index in new.values()]).tolist()  # [[lo, hi], ...]
     for (name, index), (lo, hi) in zip(new.items(), bounds):
         if lo < 0 or hi >= n_nodes:
             _fail(op, f"{name} holds indices in [{lo}, {hi}] but {_bound_is.format(n_nodes)}")
-    for index in new.values():
-        _checked[_identity(index, n_nodes)] = index
+    for name, index in new.items():
+        if keys[name] is None:
+            continue  # an inference tensor: checked every time
+        _checked[keys[name]] = index
         while len(_checked) > MAX_CHECKED:
             _checked.popitem(last=False)
 

@@ -14,7 +14,7 @@ pytest.importorskip("mace")
 import batmobile_nn  # noqa: E402
 from batmobile_nn.patches import (Swap, UnsupportedBlockWarning, is_patched, register_swap,  # noqa: E402
                                   registered_swaps, unregister_swap)
-from batmobile_nn.nn import SymmetricContraction  # noqa: E402
+from batmobile_nn.nn import ElementLinear, SymmetricContraction  # noqa: E402
 from batmobile_nn.patches.mace import unpatched  # noqa: E402
 from mace_cases import (assert_outputs_close, build_model, bulk_structure, evaluate, make_batch,  # noqa: E402
                         molecule_structure)
@@ -64,17 +64,20 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     before = _snapshot(model)
     stock_convs = [block.conv_tp for block in model.interactions]
     stock_products = [block.symmetric_contractions for block in model.products]
+    stock_skips = [block.skip_tp for block in model.interactions]
     stock_attributes = [sorted(vars(block)) for block in model.interactions]
 
     assert batmobile_nn.patch(model) is model
     assert [type(block.conv_tp).__name__ for block in model.interactions] == ["EquivariantConv"] * 2
     assert [type(block.symmetric_contractions) for block in model.products] == [SymmetricContraction] * 2
+    assert [type(block.skip_tp) for block in model.interactions] == [ElementLinear] * 2
     _assert_state_dict_identical(model, before)
     assert_outputs_close(evaluate(model, batch), stock_outputs, 1e-10)
 
     assert batmobile_nn.unpatch(model) is model
     assert [block.conv_tp for block in model.interactions] == stock_convs  # the very same e3nn modules
     assert [block.symmetric_contractions for block in model.products] == stock_products
+    assert [block.skip_tp for block in model.interactions] == stock_skips
     assert [sorted(vars(block)) for block in model.interactions] == stock_attributes  # no conv_fusion left
     assert not is_patched(model)
     _assert_state_dict_identical(model, before)
@@ -247,3 +250,13 @@ def test_product_blocks_it_cannot_swap_are_named(model):
     del block.forward
     block.symmetric_contractions = torch.nn.Identity()
     assert "Identity" in PRODUCT_SWAP.why_unsupported(block)
+
+
+def test_patched_model_runs_in_inference_mode(model, batch, stock_outputs):
+    """Inference tensors have no version counter: the per-tensor caches pass them by (computing anew)."""
+    batmobile_nn.patch(model)
+    with torch.inference_mode():
+        data = batch.clone().to_dict()  # inference tensors
+        assert data["edge_index"].is_inference()
+        energy = model(data, compute_force=False)["energy"]
+    torch.testing.assert_close(energy, stock_outputs["energy"], rtol=1e-10, atol=1e-10)

@@ -77,3 +77,12 @@ def test_element_index_once_per_node_attrs():
     assert element_index(attrs) is first and torch.equal(first, torch.tensor([2, 0, 1]))
     attrs[0] = torch.tensor([1.0, 0.0, 0.0])  # in place: a new version, a new index
     assert torch.equal(element_index(attrs), torch.tensor([0, 0, 1]))
+
+
+def test_element_index_of_a_new_tensor_on_reused_memory():
+    from batmobile_nn.nn._elements import element_index
+
+    values = torch.nn.functional.one_hot(torch.tensor([2, 0, 1]), 3).float().numpy()
+    assert element_index(torch.from_numpy(values)).tolist() == [2, 0, 1]
+    values[0] = [0.0, 1.0, 0.0]  # written behind torch's back: no version bump
+    assert element_index(torch.from_numpy(values)).tolist() == [1, 0, 1]

@@ -209,3 +209,14 @@ def test_an_index_tensor_changed_in_place_is_checked_again():
         _conv(sender=sender, receiver=receiver)
     with pytest.raises(ValueError, match="receiver holds indices"):
         _conv(sender=sender, receiver=receiver)  # a failed check is not remembered
+
+
+def test_a_new_tensor_on_reused_memory_is_checked_again():
+    """A tensor wrapping memory that an earlier, checked tensor wrapped (numpy, DLPack) has the same pointer, shape
+    and version: the base object's identity tells them apart."""
+    sender, receiver = _graph()
+    values = receiver.numpy().copy()
+    _conv(sender=sender, receiver=torch.from_numpy(values))
+    values[2] = N_NODES  # written behind torch's back: no version bump
+    with pytest.raises(ValueError, match="receiver holds indices"):
+        _conv(sender=sender, receiver=torch.from_numpy(values))

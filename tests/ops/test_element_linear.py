@@ -63,10 +63,14 @@ def test_opcheck(dtype):
     torch.library.opcheck(ops.element_outer, (x, y, element, 3, 0.5), test_utils=utils)
 
 
-def test_reference_is_the_cpu_path():
-    x, element, weight, y = _inputs((8, 3, 5, 4, 3), 4)
-    assert torch.equal(ops.element_linear(x, element, weight, 2.0), reference.element_linear(x, element, weight, 2.0))
-    assert_close(reference.element_outer(x, y, element, 4, 2.0), oracle_outer(x, y, element, 4, 2.0), torch.float64)
+def test_reference_matches_the_oracle_with_one_and_many_elements():
+    for element_count in (1, 4):  # one element present takes the reference's no-gather branch
+        x, element, weight, y = _inputs((8, 3, 5, 5, 3), 4)
+        element = element % element_count
+        assert_close(reference.element_linear(x, element, weight, 2.0), oracle_linear(x, element, weight, 2.0),
+                     torch.float64, "linear")
+        assert_close(reference.element_outer(x, y, element, 5, 2.0), oracle_outer(x, y, element, 5, 2.0),
+                     torch.float64, "outer")
 
 
 def test_no_nodes_and_int32_elements():
