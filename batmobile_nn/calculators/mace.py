@@ -6,12 +6,14 @@ patches each model once mace has prepared it, so the numbers are stock MACE's up
 rounding.
 """
 
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
 from ase.calculators.calculator import all_changes
 from mace.calculators import MACECalculator as StockMACECalculator
 
+from .. import _backend
 from ..patches.mace import is_patched, patch
 from ._graphs import CudaGraphStep
 
@@ -51,9 +53,10 @@ class MACECalculator(StockMACECalculator):
         if cuda_graphs and (kwargs.get("compile_mode") or kwargs.get("enable_oeq")):
             raise ValueError("cuda_graphs replays the eager model: it does not combine with compile_mode / enable_oeq")
         super().__init__(*args, **kwargs)
-        if cuda_graphs is None:
+        if cuda_graphs is None:  # on where the kernels run: the reference path reads data to the host
             cuda_graphs = (backend == "batmobile" and torch.device(self.device).type == "cuda"
-                           and not (kwargs.get("compile_mode") or kwargs.get("enable_oeq")))
+                           and not (kwargs.get("compile_mode") or kwargs.get("enable_oeq"))
+                           and bool(_backend._cuda_kernels(torch.device(self.device))))
         self.backend = backend
         if backend == "batmobile":
             for model in self.models:
@@ -64,14 +67,45 @@ class MACECalculator(StockMACECalculator):
             if torch.device(self.device).type != "cuda":
                 raise ValueError(f"cuda_graphs needs device='cuda', got {self.device!r}")
             self.models = [CudaGraphStep(model) for model in self.models]
-        self.static_shapes = self.cuda_graphs  # pad every batch to the budget (mace's padding)
+        self.static_shapes = self.cuda_graphs  # pad the batches of calculate() to the budget (mace's padding)
+        self._budget = None  # (atoms, edges) of the padding, kept between calculate() calls
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-        if self.static_shapes and not self._padding_initialized:
-            # the budget from the first structure: its atoms, and its edges + 25% (mace's rule)
+        if not self.static_shapes:
+            super().calculate(atoms, properties, system_changes)
+            return
+        # mace pads every batch once its padding is set; only calculate() is replayed, so only it pads (the
+        # Hessian and descriptors of mace's other methods would otherwise include the fake padding atoms)
+        if self._budget is None:  # from the first structure: its atoms, and its edges + 25% (mace's rule)
             real = super()._atoms_to_batch(atoms)
             self._auto_estimate_padding(len(atoms), int(real["edge_index"].shape[1]))
-        super().calculate(atoms, properties, system_changes)
+        else:
+            self.pad_num_atoms, self.pad_num_edges = self._budget
+            self._padding_initialized = True
+        try:
+            super().calculate(atoms, properties, system_changes)
+        finally:
+            self._budget = (self.pad_num_atoms, self.pad_num_edges)  # grown by mace when outgrown
+            self.pad_num_atoms = self.pad_num_edges = 0
+            self._padding_initialized = False
+
+    def get_hessian(self, atoms=None):
+        with self._eager_models():
+            return super().get_hessian(atoms)
+
+    def get_descriptors(self, atoms=None, invariants_only=True, num_layers=-1):
+        with self._eager_models():
+            return super().get_descriptors(atoms, invariants_only, num_layers)
+
+    @contextmanager
+    def _eager_models(self):
+        """The models without their CUDA-graph wrapper (a call of another kind would capture a graph anew)."""
+        graphed = self.models
+        self.models = [_wrapped_module(model) if isinstance(model, CudaGraphStep) else model for model in graphed]
+        try:
+            yield
+        finally:
+            self.models = graphed
 
     @property
     def patched(self) -> bool:

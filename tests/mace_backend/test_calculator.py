@@ -83,12 +83,18 @@ def test_static_shapes_padding_gives_the_same_results(model_path):
     padded.static_shapes = True
     atoms = bulk_structure()
     _assert_close(_results(padded, atoms), _results(ours, atoms), 1e-10)
-    budget = padded.pad_num_edges
-    assert padded._padding_initialized and budget > 0 and padded.pad_num_atoms == len(atoms)
+    budget_atoms, budget = padded._budget
+    assert budget > 0 and budget_atoms == len(atoms)
+    # only calculate() pads: mace's Hessian and descriptors are of the real atoms
+    assert not padded._padding_initialized and padded.pad_num_atoms == 0
+    np.testing.assert_allclose(padded.get_descriptors(atoms), ours.get_descriptors(atoms), rtol=0, atol=1e-10)
+    hessian = padded.get_hessian(atoms)
+    assert hessian.shape == (3 * len(atoms), len(atoms), 3)
+    np.testing.assert_allclose(hessian, ours.get_hessian(atoms), rtol=0, atol=1e-8)
     squeezed = atoms.copy()
     squeezed.set_cell(atoms.cell * 0.85, scale_atoms=True)  # more neighbours: past the edge budget
     _assert_close(_results(padded, squeezed), _results(ours, squeezed), 1e-10)
-    assert padded.pad_num_edges > budget
+    assert padded._budget[1] > budget
 
 
 def test_cuda_graphs_arguments(model_path):
