@@ -30,7 +30,8 @@ timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m cuda -q tests/cuda tests/mac
 echo "=== compute-sanitizer ($(date +%T))"
 cat > /tmp/sanitize_case.py <<'EOF'
 # A small problem through every kernel: harmonics, convolution forward / backward / double backward
-# (atomic and deterministic), and a uvw tensor product with shared weights.
+# (atomic and deterministic), the symmetric contraction, the per-element linear, and a uvw tensor product
+# with shared weights.
 import torch
 
 import batmobile_nn  # noqa: F401  (before e3nn: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for e3nn 0.4.4)
@@ -72,6 +73,12 @@ for dtype in (torch.float32, torch.float64):
     element = torch.tensor([0, 2, 2, 1, 0, 0, 2, 1, 1, 0], device=dev)
     (g,) = torch.autograd.grad(sc(feats, element).square().sum(), feats, create_graph=True)
     torch.autograd.grad(g.square().sum(), [feats] + [p for p in sc.parameters() if p.requires_grad])
+    # the per-element linear (MACE's skip connection): forward, weight gradient, second derivatives
+    from batmobile_nn.ops import element_linear
+    xl = torch.randn(10, 5, 3, device=dev, dtype=dtype, requires_grad=True)
+    wl = torch.randn(3, 5, 7, device=dev, dtype=dtype, requires_grad=True)
+    (gl,) = torch.autograd.grad(element_linear(xl, element, wl, 0.5).square().sum(), xl, create_graph=True)
+    torch.autograd.grad(gl.square().sum(), [xl, wl])
     a = torch.randn(16, 36, device=dev, dtype=dtype, requires_grad=True)
     b = torch.randn(16, 9, device=dev, dtype=dtype, requires_grad=True)
     wt = torch.randn(uvw.weight_numel, device=dev, dtype=dtype, requires_grad=True)
