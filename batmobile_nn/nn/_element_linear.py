@@ -45,6 +45,13 @@ class ElementLinear(torch.nn.Module):
     torch.Size([5, 14])
     """
 
+    # class-level annotations: TorchScript reads these (an empty list has no type to infer)
+    num_elements: int
+    _dim_in: int
+    _paths: List[List[int]]
+    _alphas: List[float]
+    _out_blocks: List[List[int]]
+
     def __init__(self, irreps_in, irreps_out, num_elements: int, _stock: Optional[o3.TensorProduct] = None):
         super().__init__()
         stock = _stock if _stock is not None else o3.FullyConnectedTensorProduct(irreps_in, f"{num_elements}x0e",
