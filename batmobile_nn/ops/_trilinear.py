@@ -16,9 +16,12 @@ from torch import Tensor
 
 
 def _add(x: Optional[Tensor], y: Optional[Tensor]) -> Optional[Tensor]:
+    """``x + y``, accumulated into ``x``: ``x`` is always a fresh output of the ops below (or a sum of them),
+    which nothing else holds, so adding in place saves a buffer of its size at the double backward's peak
+    (``[n_edges, weight_numel]``, 880 MB at MACE-MP-medium's 170k edges in float32)."""
     if x is None:
         return y
-    return x if y is None else x + y
+    return x if y is None else x.add_(y)
 
 
 def double_backward(forward: Callable, backward: Callable, grad_out: Tensor, a: Tensor, b: Tensor, c: Tensor,
