@@ -260,3 +260,11 @@ def test_patched_model_runs_in_inference_mode(model, batch, stock_outputs):
         assert data["edge_index"].is_inference()
         energy = model(data, compute_force=False)["energy"]
     torch.testing.assert_close(energy, stock_outputs["energy"], rtol=1e-10, atol=1e-10)
+
+
+def test_patched_model_compiles_with_e3nn_jit(model, batch, stock_outputs):
+    """mace deploys models through e3nn's ``jit.compile`` (TorchScript): the swapped modules script too."""
+    from e3nn.util import jit
+
+    compiled = jit.compile(batmobile_nn.patch(model))
+    assert_outputs_close(evaluate(compiled, batch), stock_outputs, 1e-10)
