@@ -88,12 +88,18 @@ def conv(op, node_feats, edge_attrs, weight, sender, receiver, plan_, cg):
     n_edges = edge_attrs.shape[0]
     weights(op, weight, weight_numel, n_edges, "n_edges")
     for name, index in (("sender", sender), ("receiver", receiver)):
-        if index.dtype not in INDEX_DTYPES:
-            _fail(op, f"{name} must be int32 or int64, got {index.dtype}")
-        if index.dim() != 1 or index.shape[0] != n_edges:
-            _fail(op, f"{name} must have shape [n_edges={n_edges}], got {tuple(index.shape)}")
-        if index.device != node_feats.device:
-            _fail(op, f"{name} is on {index.device} but node_feats is on {node_feats.device}")
+        index_tensor(op, name, index, "n_edges", n_edges, "node_feats", node_feats)
+
+
+def index_tensor(op: str, name: str, index: torch.Tensor, length_name: str, length: int, owner_name: str,
+                 owner: torch.Tensor):
+    """``index`` is an int32/int64 tensor of shape ``[length]`` on ``owner``'s device (no data read)."""
+    if index.dtype not in INDEX_DTYPES:
+        _fail(op, f"{name} must be int32 or int64, got {index.dtype}")
+    if index.dim() != 1 or index.shape[0] != length:
+        _fail(op, f"{name} must have shape [{length_name}={length}], got {tuple(index.shape)}")
+    if index.device != owner.device:
+        _fail(op, f"{name} is on {index.device} but {owner_name} is on {owner.device}")
 
 
 # Index tensors already checked, by identity (``batmobile_nn/_identity.py``): MACE passes one

@@ -28,20 +28,11 @@ def _fail(message: str):
     _checks._fail(OP, message)
 
 
-def _check_element(element: Tensor, n: int, like: Tensor):
-    if element.dtype not in _checks.INDEX_DTYPES:
-        _fail(f"element must be int32 or int64, got {element.dtype}")
-    if element.dim() != 1 or element.shape[0] != n:
-        _fail(f"element must have shape [n_nodes={n}], got {tuple(element.shape)}")
-    if element.device != like.device:
-        _fail(f"element is on {element.device} but x is on {like.device}")
-
-
 def _check_linear(x: Tensor, element: Tensor, weight: Tensor):
     _checks.float_tensor(OP, "x", x, 3)
     _checks.float_tensor(OP, "weight", weight, 3)
     _checks.same(OP, {"x": x, "weight": weight})
-    _check_element(element, x.shape[0], x)
+    _checks.index_tensor(OP, "element", element, "n_nodes", x.shape[0], "x", x)
     if weight.shape[1] != x.shape[1]:
         _fail(f"weight must have shape [n_elements, mul_in={x.shape[1]}, mul_out], got {tuple(weight.shape)}")
 
@@ -50,7 +41,7 @@ def _check_outer(x: Tensor, y: Tensor, element: Tensor, n_elements: int):
     _checks.float_tensor(OP, "x", x, 3)
     _checks.float_tensor(OP, "y", y, 3)
     _checks.same(OP, {"x": x, "y": y})
-    _check_element(element, x.shape[0], x)
+    _checks.index_tensor(OP, "element", element, "n_nodes", x.shape[0], "x", x)
     if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2]:
         _fail(f"y must have shape [n_nodes={x.shape[0]}, mul_out, d={x.shape[2]}], got {tuple(y.shape)}")
     if n_elements < 1:

@@ -37,12 +37,7 @@ def _check(x: Tensor, element: Tensor, weight: Tensor, u: List[Tensor], correlat
     _checks.float_tensor(OP, "x", x, 3)
     _checks.float_tensor(OP, "weight", weight, 3)
     n, mul, L = x.shape
-    if element.dtype not in _checks.INDEX_DTYPES:
-        _fail(f"element must be int32 or int64, got {element.dtype}")
-    if element.dim() != 1 or element.shape[0] != n:
-        _fail(f"element must have shape [n_nodes={n}], got {tuple(element.shape)}")
-    if element.device != x.device:
-        _fail(f"element is on {element.device} but x is on {x.device}")
+    _checks.index_tensor(OP, "element", element, "n_nodes", n, "x", x)
     if len(correlations) == 0 or min(correlations) < 1 or max(correlations) > MAX_CORRELATION:
         _fail(f"correlations must be a non-empty list of values in [1, {MAX_CORRELATION}], got {list(correlations)}")
     if len(u) != sum(correlations):
