@@ -14,7 +14,7 @@ from e3nn import o3
 from torch import Tensor
 
 from ..ops.element_linear import element_linear  # noqa: F401  (registers torch.ops.batmobile.element_linear)
-from ._elements import element_index
+from ._elements import element_of
 
 
 def _unsupported(tp: torch.nn.Module) -> Optional[str]:
@@ -92,16 +92,7 @@ class ElementLinear(torch.nn.Module):
         n = x.shape[0]
         if x.dim() != 2 or x.shape[1] != self._dim_in:
             raise ValueError("x must have shape [n_nodes, " + str(self._dim_in) + "], got " + str(list(x.shape)))
-        if y.is_floating_point():
-            if y.dim() != 2 or y.shape[0] != n or y.shape[1] != self.num_elements:
-                raise ValueError("y (node_attrs) must have shape [n_nodes=" + str(n) + ", num_elements="
-                                 + str(self.num_elements) + "], got " + str(list(y.shape)))
-            if torch.jit.is_scripting():
-                element = y.argmax(dim=-1)  # [n_nodes]
-            else:
-                element = element_index(y)  # computed once per node_attrs tensor
-        else:
-            element = y
+        element = element_of(y, x.shape[0], self.num_elements)  # [n_nodes]
         outs: List[Optional[Tensor]] = [None for _ in self._out_blocks]
         for path, alpha in zip(self._paths, self._alphas):
             start, mul_in, d, i_out, offset, mul_out = path

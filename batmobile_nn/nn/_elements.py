@@ -34,3 +34,16 @@ def element_index(node_attrs: Tensor) -> Tensor:
     while len(_cache) > MAX_ENTRIES:
         _cache.popitem(last=False)
     return element
+
+
+def element_of(y: Tensor, n_nodes: int, num_elements: int) -> Tensor:
+    """Each node's element for the modules: ``y`` one-hot ``[n_nodes, num_elements]`` (read as its argmax, as
+    mace's cuEquivariance path does; once per tensor outside TorchScript) or int indices ``[n_nodes]``."""
+    if not y.is_floating_point():
+        return y
+    if y.dim() != 2 or y.shape[0] != n_nodes or y.shape[1] != num_elements:
+        raise ValueError("y (node_attrs) must have shape [n_nodes=" + str(n_nodes) + ", num_elements="
+                         + str(num_elements) + "], got " + str(list(y.shape)))
+    if torch.jit.is_scripting():
+        return y.argmax(dim=-1)  # [n_nodes]
+    return element_index(y)

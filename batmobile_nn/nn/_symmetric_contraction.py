@@ -7,7 +7,7 @@ from e3nn import o3
 from torch import Tensor
 
 from ..ops.symmetric_contraction import MAX_CORRELATION  # importing it registers torch.ops.batmobile.*
-from ._elements import element_index
+from ._elements import element_of
 from ._mace_cg import u_matrix
 
 
@@ -180,16 +180,7 @@ class SymmetricContraction(torch.nn.Module):
         Returns: ``[n_nodes, num_features * sum_o (2l_o+1)]``. Raises ``ValueError`` for bad shapes, dtypes
         and element indices.
         """
-        if y.is_floating_point():
-            if y.dim() != 2 or y.shape[1] != self.num_elements:
-                raise ValueError("y (node_attrs) must have shape [n_nodes, num_elements=" + str(self.num_elements)
-                                 + "], got " + str(list(y.shape)))
-            if torch.jit.is_scripting():
-                element = y.argmax(dim=-1)  # [n_nodes]
-            else:
-                element = element_index(y)  # computed once per node_attrs tensor
-        else:
-            element = y
+        element = element_of(y, x.shape[0], self.num_elements)  # [n_nodes]
         us: List[Tensor] = []
         weights: List[Tensor] = []
         for contraction in self.contractions:
