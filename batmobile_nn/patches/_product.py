@@ -7,34 +7,26 @@ block keeps its class and stock ``forward``. Our module holds the stock module's
 ``state_dict``); the stock module is kept unregistered and comes back on unpatch with the current values.
 """
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from ..nn import SymmetricContraction
-from ._registry import Swap
+from ._module_swap import ModuleSwap
 
 
-@dataclass
-class _StockProduct:
-    symmetric_contractions: torch.nn.Module
-
-
-class ProductSwap(Swap):
+class ProductSwap(ModuleSwap):
     """``block.symmetric_contractions`` (mace's e3nn module) -> ``SymmetricContraction``, for blocks of
     ``block_class`` whose ``forward`` is ``stock_forward()`` and whose module is of class ``stock_class``."""
 
     name = "product"
+    attribute = "symmetric_contractions"
 
     def __init__(self, block_class: type, stock_class: type, stock_forward: Callable[[], Callable]):
         self._block_class, self._stock_class, self._stock_forward = block_class, stock_class, stock_forward
 
     def applies_to(self, block: torch.nn.Module) -> bool:
         return isinstance(block, self._block_class)
-
-    def is_patched(self, block: torch.nn.Module) -> bool:
-        return isinstance(getattr(block.symmetric_contractions, "_batmobile_stock", None), _StockProduct)
 
     def why_unsupported(self, block: torch.nn.Module) -> Optional[str]:
         if self.is_patched(block):
@@ -50,16 +42,5 @@ class ProductSwap(Swap):
             return f"its symmetric_contractions is a {kind.__module__}.{kind.__qualname__}, not mace's e3nn module"
         return None
 
-    def patch_block(self, block: torch.nn.Module) -> None:
-        stock = block.symmetric_contractions
-        ours = SymmetricContraction.from_mace(stock)
-        object.__setattr__(ours, "_batmobile_stock", _StockProduct(stock))  # not a submodule: out of state_dict
-        block.symmetric_contractions = ours
-
-    def unpatch_block(self, block: torch.nn.Module) -> None:
-        ours = block.symmetric_contractions
-        stock = ours._batmobile_stock.symmetric_contractions
-        reference = next(iter(ours.buffers()))  # the device and dtype the model lives in now
-        stock.to(device=reference.device, dtype=reference.dtype)
-        stock.load_state_dict(ours.state_dict(), strict=True)
-        block.symmetric_contractions = stock
+    def build(self, stock: torch.nn.Module) -> torch.nn.Module:
+        return SymmetricContraction.from_mace(stock)

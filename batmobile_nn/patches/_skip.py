@@ -7,7 +7,6 @@ and the one-hot ``node_attrs``: a linear map per element, which ``ElementLinear`
 its ``forward``; the stock module is kept unregistered and comes back on unpatch with the current values.
 """
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -15,18 +14,14 @@ from e3nn import o3
 
 from ..nn import ElementLinear
 from ..nn._element_linear import _unsupported
-from ._registry import Swap
+from ._module_swap import ModuleSwap, StockModule
 
 
-@dataclass
-class _StockSkip:
-    skip_tp: torch.nn.Module
-
-
-class SkipSwap(Swap):
+class SkipSwap(ModuleSwap):
     """``block.skip_tp`` (an e3nn per-element tensor product) -> ``ElementLinear``, for blocks of ``block_classes``."""
 
     name = "skip"
+    attribute = "skip_tp"
 
     def __init__(self, block_classes):
         self._block_classes = block_classes
@@ -35,10 +30,7 @@ class SkipSwap(Swap):
         # blocks whose skip is an e3nn tensor product (mace's ResidualNonLinear block's is an o3.Linear)
         skip = getattr(block, "skip_tp", None)
         return isinstance(block, tuple(self._block_classes())) and (
-            isinstance(skip, o3.TensorProduct) or isinstance(getattr(skip, "_batmobile_stock", None), _StockSkip))
-
-    def is_patched(self, block: torch.nn.Module) -> bool:
-        return isinstance(getattr(block.skip_tp, "_batmobile_stock", None), _StockSkip)
+            isinstance(skip, o3.TensorProduct) or isinstance(getattr(skip, "_batmobile_stock", None), StockModule))
 
     def why_unsupported(self, block: torch.nn.Module) -> Optional[str]:
         if self.is_patched(block):
@@ -46,15 +38,5 @@ class SkipSwap(Swap):
         reason = _unsupported(block.skip_tp)
         return None if reason is None else f"its skip_tp is not a per-element linear ({reason})"
 
-    def patch_block(self, block: torch.nn.Module) -> None:
-        stock = block.skip_tp
-        ours = ElementLinear.from_e3nn(stock)
-        object.__setattr__(ours, "_batmobile_stock", _StockSkip(stock))  # not a submodule: out of state_dict
-        block.skip_tp = ours
-
-    def unpatch_block(self, block: torch.nn.Module) -> None:
-        ours = block.skip_tp
-        stock = ours._batmobile_stock.skip_tp
-        stock.to(device=ours.weight.device, dtype=ours.weight.dtype)
-        stock.load_state_dict(ours.state_dict(), strict=True)
-        block.skip_tp = stock
+    def build(self, stock: torch.nn.Module) -> torch.nn.Module:
+        return ElementLinear.from_e3nn(stock)
