@@ -8,9 +8,10 @@ import torch
 
 from batmobile_nn import ops, reference
 from ops._compare import assert_close
-from ops.test_element_linear import oracle_linear, oracle_outer
+from ops.test_element_linear import _inputs as cpu_inputs
+from ops.test_element_linear import assert_gradchecks, oracle_linear, oracle_outer
 
-from cuda_cases import DEVICE, compare, randn
+from cuda_cases import DEVICE, compare
 
 pytestmark = pytest.mark.cuda
 
@@ -18,11 +19,7 @@ SHAPES = [(40, 4, 6, 3, 1), (300, 33, 47, 5, 3), (130, 64, 16, 4, 5), (70, 7, 40
 
 
 def _inputs(shape, seed):
-    n, mul_in, mul_out, n_elements, d = shape
-    x, weight, y = randn([(n, mul_in, d), (n_elements, mul_in, mul_out), (n, mul_out, d)], torch.float64, seed)
-    generator = torch.Generator().manual_seed(seed)
-    element = torch.randint(0, n_elements - 1, (n,), generator=generator).to(DEVICE)  # the last one absent
-    return x, element, weight, y
+    return [t.to(DEVICE) for t in cpu_inputs(shape, seed)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -60,14 +57,7 @@ def test_weight_gradient_is_bitwise_reproducible():
 
 
 def test_gradcheck_and_gradgradcheck():
-    x, element, weight, y = _inputs((9, 5, 4, 3, 3), 4)
-    x, weight, y = (t.requires_grad_() for t in (x, weight, y))
-    linear = lambda x, w: ops.element_linear(x, element, w, 1.3)  # noqa: E731
-    outer = lambda x, y: ops.element_outer(x, y, element, 3, 0.9)  # noqa: E731
-    assert torch.autograd.gradcheck(linear, (x, weight))
-    assert torch.autograd.gradgradcheck(linear, (x, weight))
-    assert torch.autograd.gradcheck(outer, (x, y))
-    assert torch.autograd.gradgradcheck(outer, (x, y))
+    assert_gradchecks(*_inputs((9, 5, 4, 3, 3), 4))
 
 
 def test_bad_element_index():

@@ -21,6 +21,7 @@ def oracle_outer(x, y, element, n_elements, alpha):
 
 
 def _inputs(shape, seed):
+    """``(x, element, weight, y)`` in float64 on the CPU; ``element`` leaves the last element out."""
     n, mul_in, mul_out, n_elements, d = shape
     x, weight, y = randn([(n, mul_in, d), (n_elements, mul_in, mul_out), (n, mul_out, d)], torch.float64, seed)
     element = torch.randint(0, n_elements - 1, (n,), generator=torch.Generator().manual_seed(seed))  # last absent
@@ -45,8 +46,12 @@ def test_outer_matches_oracle(shape, dtype):
 
 
 def test_gradcheck_and_gradgradcheck():
-    x, element, weight, y = _inputs((5, 3, 2, 3, 3), 2)
-    x, weight, y = (t.requires_grad_() for t in (x, weight, y))
+    assert_gradchecks(*_inputs((5, 3, 2, 3, 3), 2))
+
+
+def assert_gradchecks(x, element, weight, y):
+    """gradcheck and gradgradcheck of both ops (float64 inputs; the GPU tests run it too)."""
+    x, weight, y = (t.detach().requires_grad_() for t in (x, weight, y))
     linear = lambda x, w: ops.element_linear(x, element, w, 1.3)  # noqa: E731
     outer = lambda x, y: ops.element_outer(x, y, element, 3, 0.9)  # noqa: E731
     assert torch.autograd.gradcheck(linear, (x, weight))
