@@ -106,7 +106,7 @@ if [ -n "${NCU:-}" ]; then  # Nsight Compute: the convolution kernels at the MAC
       "$OUT/ncu.log" | head -40
 fi
 
-if [ -f scripts/bench_ops.py ]; then
+if [ -f scripts/bench_ops.py ] && [ -z "${NO_BENCH:-}" ]; then  # NO_BENCH=1: tests and sanitizers only
   echo "=== benchmark ($(date +%T))"
   timeout "${BENCH_TIMEOUT:-200}" python3 scripts/bench_ops.py --out "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | \
       grep -v Warning | tail -40
