@@ -38,11 +38,17 @@ def _nvrtc_version() -> str:
         return f"cuda {torch.version.cuda}"
 
 
+# extra NVRTC options, for diagnosing the compiler (e.g. "--fmad=false"); part of the cache key
+EXTRA_OPTIONS = os.environ.get("BATMOBILE_NN_NVRTC_OPTIONS", "").split()
+
+
 def _cubin(source: str, name: str, arch: str) -> bytes:
     """The compiled cubin of ``source`` for ``arch`` ("90"), from the disk cache when it is there."""
     from torch.cuda._utils import _nvrtc_compile  # private torch API: the caller guards ImportError
 
-    digest = hashlib.sha256(f"{arch}\0{_nvrtc_version()}\0{name}\0{source}".encode()).hexdigest()[:32]
+    options = ["-std=c++17"] + EXTRA_OPTIONS
+    key = f"{arch}\0{_nvrtc_version()}\0{name}\0{' '.join(options)}\0{source}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     path = _build.cache_root() / "jit" / f"{digest}.cubin"
     if path.is_file():
         return path.read_bytes()
@@ -50,7 +56,7 @@ def _cubin(source: str, name: str, arch: str) -> bytes:
         _announced.append(True)
         print(f"batmobile_nn: compiling kernels for this problem with NVRTC (first use, cached in {path.parent})",
               file=sys.stderr, flush=True)
-    cubin, _ = _nvrtc_compile(source, name, arch, nvcc_options=["-std=c++17"])
+    cubin, _ = _nvrtc_compile(source, name, arch, nvcc_options=options)
     try:  # write-then-rename: a process reading the cache never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
