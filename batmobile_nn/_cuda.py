@@ -4,8 +4,10 @@ Each function wraps the extension's ops (``torch.ops.batmobile_cuda.*``, ``csrc/
 itself in ``_backend.KERNELS["cuda"]`` once ``load()`` has built or found the extension. The
 tensor-product plan becomes an int32 instruction table and a compact coefficient list on the device
 (cached per plan, device and dtype); the convolution's graph becomes receiver / sender CSR arrays
-computed with torch ops (stable argsort, searchsorted): no float atomics anywhere, so results are
-bitwise reproducible in both modes. Problems the kernels do not cover (degrees above the compiled
+computed with torch ops (stable argsort, searchsorted). The deterministic mode, and the atomic mode when a
+``sender_perm`` is given, use no float atomics and are bitwise reproducible; the atomic mode's per-problem
+(uvu) backward adds the node-feature gradient at the senders with atomics, which saves an
+``[n_edges, dim_in1]`` buffer and a segment sum (its last bits vary run to run). Problems the kernels do not cover (degrees above the compiled
 maximum, shared memory over the device's limit) run on the reference with one warning each.
 """
 
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from . import _backend, _build, _element_linear, _sc, _uvu, reference
 from ._identity import identity
-from .ops import _checks, _plan
+from .ops import _checks, _plan, _trilinear
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
 MAX_THREADS = 256
@@ -227,8 +229,10 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
     uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
     if uvu is not None:
         order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
-        g_edge1, g2, gw = _uvu.backward(uvu, grad_out, node_feats, edge_attrs, weight, order,
-                                        _sorted_senders(sender, receiver, order), row_ptr, needs)
+        send = _sorted_senders(sender, receiver, order)
+        if needs[0] and not deterministic and sender_perm is None:  # atomic mode: add at the senders
+            return _uvu.backward_atomic_g1(uvu, grad_out, node_feats, edge_attrs, weight, order, send, row_ptr, needs)
+        g_edge1, g2, gw = _uvu.backward(uvu, grad_out, node_feats, edge_attrs, weight, order, send, row_ptr, needs)
     else:
         tables = _tables_for(plan, cg, node_feats.device, node_feats.dtype)
         if tables.reason:
@@ -246,6 +250,37 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
     if needs[2] and weight.dim() == 1:
         gw = gw.sum(0)
     return g1, g2, gw
+
+
+def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_grad_weight: Tensor, grad_out: Tensor,
+                         node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+                         sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool,
+                         needs: List[bool]):
+    """The per-problem fused kernel where the uvu kernels apply, else the composition of this module's
+    forward and backward (without the ops' dispatch around each call)."""
+    cotangents = [g if g.numel() else None for g in (grad_grad_node, grad_grad_edge, grad_grad_weight)]
+    uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
+    if uvu is None:
+        graph = (sender, receiver, sender_perm)
+        plan_c = _plan.weighted_part(plan)
+        grads = _trilinear.double_backward(
+            lambda a, b, c: conv(a, b, c, *graph, plan, cg, deterministic),
+            lambda g, a, b, c, n: conv_backward(g, a, b, c, *graph, plan, cg, deterministic, n),
+            grad_out, node_feats, edge_attrs, weight, cotangents, list(needs),
+            lambda a, b, c: conv(a, b, c, *graph, plan_c, cg, deterministic),
+            lambda g, a, b, c, n: conv_backward(g, a, b, c, *graph, plan_c, cg, deterministic, n))
+    else:
+        n_nodes = node_feats.shape[0]
+        order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
+        atomic = not deterministic and sender_perm is None
+        grads = list(_uvu.double_backward(uvu, cotangents, grad_out, node_feats, edge_attrs, weight, order,
+                                          _sorted_senders(sender, receiver, order), row_ptr, needs, atomic))
+        if grads[1] is not None and not atomic:  # [n_edges, dim1] per edge -> [n_nodes, dim1] by sender
+            sender_order, sender_ptr = _sender_graph(sender.long().contiguous(), n_nodes, sender_perm)
+            grads[1] = _ops().segment_sum(grads[1], sender_order, sender_ptr)
+    likes = (grad_out, node_feats, edge_attrs, weight)
+    return tuple((torch.zeros_like(like) if g is None else g) if n else like.new_empty(0)
+                 for g, like, n in zip(grads, likes, needs))
 
 
 # ---- spherical harmonics --------------------------------------------------------------------------
@@ -284,7 +319,7 @@ def spherical_harmonics_double_backward(grad_grad_vectors: Tensor, grad_sh: Tens
 
 
 KERNEL_NAMES = ("spherical_harmonics", "spherical_harmonics_backward", "spherical_harmonics_double_backward",
-                "tensor_product", "tensor_product_backward", "conv", "conv_backward")
+                "tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_double_backward")
 
 
 def load(device: Optional[torch.device] = None) -> None:

@@ -14,13 +14,17 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _jit, _uvu_codegen
+from . import _backend, _jit, _uvu_codegen, _uvu_dbl_codegen
 
 _cache: Dict[tuple, Optional["UvuKernels"]] = {}
 enabled = os.environ.get("BATMOBILE_NN_UVU", "1") != "0"
 # edges in flight per forward loop iteration: 2 in float32 (H200, MACE-MP-medium, 170k edges: 1.23 -> 0.96 ms);
 # 1 in float64, whose registers are full at 1
 FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
+# the fused double backward as two kernels (d_g; d_a, d_b, d_c) with fewer registers each, or as one
+DOUBLE_BACKWARD_SPLIT = {torch.float32: False, torch.float64: False}
+if os.environ.get("BATMOBILE_NN_UVU_DBL_SPLIT"):
+    DOUBLE_BACKWARD_SPLIT = dict.fromkeys(DOUBLE_BACKWARD_SPLIT, os.environ["BATMOBILE_NN_UVU_DBL_SPLIT"] == "1")
 if os.environ.get("BATMOBILE_NN_UVU_UNROLL"):
     FORWARD_UNROLL = dict.fromkeys(FORWARD_UNROLL, int(os.environ["BATMOBILE_NN_UVU_UNROLL"]))
 
@@ -30,6 +34,28 @@ class UvuKernels:
     spec: _uvu_codegen.UvuSpec
     forward: int  # kernel handles from torch.ops.batmobile_cuda.jit_load
     backward: int
+    ctype: str
+    device: torch.device
+    _backward_atomic: Optional[int] = None
+    _double_backward: Optional[Dict[tuple, int]] = None
+
+    @property
+    def backward_atomic(self) -> int:
+        """The backward that adds the input-1 gradient at each sender with atomics (compiled on first use)."""
+        if self._backward_atomic is None:
+            source = _uvu_codegen.backward_source(self.spec, self.ctype, g1_atomic=True)
+            self._backward_atomic = _compile(source, "bm_uvu_bwd", self.device)
+        return self._backward_atomic
+
+    def double_backward(self, has: Tuple[bool, bool, bool], da_atomic: bool, part: str) -> int:
+        """The fused double backward (``part`` of it) for the cotangents present (``has``), compiled on first use."""
+        if self._double_backward is None:
+            self._double_backward = {}
+        key = (tuple(has), da_atomic, part)
+        if key not in self._double_backward:
+            source = _uvu_dbl_codegen.double_backward_source(self.spec, self.ctype, tuple(has), da_atomic, part)
+            self._double_backward[key] = _compile(source, "bm_uvu_dbl", self.device)
+        return self._double_backward[key]
 
 
 def _compile(source: str, name: str, device: torch.device) -> int:
@@ -52,7 +78,8 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
         try:
             forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype])
             kernels = UvuKernels(spec, _compile(forward_source, "bm_uvu_fwd", device),
-                                 _compile(_uvu_codegen.backward_source(spec, ctype), "bm_uvu_bwd", device))
+                                 _compile(_uvu_codegen.backward_source(spec, ctype), "bm_uvu_bwd", device),
+                                 ctype, device)
         except (ImportError, OSError, RuntimeError) as exc:  # no NVRTC, or it refused the source
             warnings.warn(f"batmobile_nn: the per-problem uvu kernels could not be compiled ({exc}); "
                           "using the generic CUDA kernels.", _backend.ReferencePathWarning, stacklevel=3)
@@ -78,3 +105,62 @@ def backward(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: 
     if needs[1]:
         g2_part = g2_part.sum(1)  # [n_edges, dim2]: per-warp partial sums, added in a fixed order
     return g1, g2_part, gw
+
+
+def backward_atomic_g1(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor,
+                       order: Optional[Tensor], send: Tensor, row_ptr: Tensor,
+                       needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The convolution's backward with the input-1 gradient summed by sender with atomics:
+    ``(grad_in1 [n_nodes, dim1], grad_in2 [n_edges, dim2], grad_weight [n_edges, weight_numel])``.
+    No ``[n_edges, dim1]`` buffer (350 MB at MACE-MP-medium, 170k edges, float32) and no segment sum."""
+    dim1, dim2, dim_out, weight_numel = k.spec.dims
+    n_nodes, n_edges = in1.shape[0], in2.shape[0]
+    g1 = in1.new_zeros(n_nodes, dim1)  # [n_nodes, dim1], added into
+    g2_part = in1.new_empty(n_edges, k.spec.warps, dim2) if needs[1] else None  # per-warp partial sums
+    gw = in1.new_empty(n_edges, weight_numel) if needs[2] else None  # [n_edges, weight_numel]
+    if n_nodes and n_edges:
+        _jit.launch(k.backward_atomic, min(n_nodes, _jit.MAX_GRID), k.spec.threads,
+                    [grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(), order, send,
+                     row_ptr, g1, g2_part, gw], [n_nodes])
+    # distinct empty placeholders: a custom op's outputs may not alias each other
+    return g1, g2_part.sum(1) if needs[1] else in1.new_empty(0), gw if needs[2] else in1.new_empty(0)
+
+
+def double_backward(k: UvuKernels, cotangents: List[Optional[Tensor]], grad_out: Tensor, in1: Tensor, in2: Tensor,
+                    weight: Tensor, order: Optional[Tensor], send: Tensor, row_ptr: Tensor, needs: List[bool],
+                    da_atomic: bool) -> Tuple[Tensor, ...]:
+    """The convolution's double backward in one kernel (``_uvu_dbl_codegen``): gradients ``(grad_out [n_nodes,
+    dim_out], in1 [n_nodes, dim1] (or [n_edges, dim1] per edge unless da_atomic), in2 [n_edges, dim2],
+    weight [n_edges, weight_numel])`` of ``<cotangents, backward>``; None where not needed or zero."""
+    dim1, dim2, dim_out, weight_numel = k.spec.dims
+    ga, gb, gc = cotangents
+    has = (ga is not None, gb is not None, gc is not None)
+    n_nodes, n_edges = in1.shape[0], in2.shape[0]
+    want_g = needs[0] and any(has)
+    want_a = needs[1] and (has[1] or has[2])
+    want_b = needs[2] and (has[0] or has[2])
+    want_c = needs[3] and (has[0] or has[1])
+    if not (want_g or want_a or want_b or want_c):
+        return None, None, None, None
+    new = in1.new_empty
+    d_g = (new if k.spec.out_covered else in1.new_zeros)(n_nodes, dim_out) if want_g else None
+    d_a = None
+    if want_a:
+        d_a = in1.new_zeros(n_nodes, dim1) if da_atomic else (new if k.spec.in1_covered else in1.new_zeros)(n_edges, dim1)
+    d_b = new(n_edges, k.spec.warps, dim2) if want_b else None  # per-warp partial sums
+    d_c = new(n_edges, weight_numel) if want_c else None
+    if n_nodes and n_edges:
+        inputs = [grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(),
+                  *(None if t is None else t.contiguous() for t in cotangents), order, send, row_ptr]
+        grid = min(n_nodes, _jit.MAX_GRID)
+        if DOUBLE_BACKWARD_SPLIT[in1.dtype] and want_g and (want_a or want_b or want_c):
+            _jit.launch(k.double_backward(has, da_atomic, "g"), grid, k.spec.threads,
+                        inputs + [d_g, None, None, None], [n_nodes])
+            _jit.launch(k.double_backward(has, da_atomic, "abc"), grid, k.spec.threads,
+                        inputs + [None, d_a, d_b, d_c], [n_nodes])
+        else:
+            _jit.launch(k.double_backward(has, da_atomic, "all"), grid, k.spec.threads,
+                        inputs + [d_g, d_a, d_b, d_c], [n_nodes])
+    elif d_g is not None:
+        d_g.zero_()
+    return d_g, d_a, None if d_b is None else d_b.sum(1), d_c

@@ -10,7 +10,8 @@ is compiled at run time by NVRTC (``_uvu.py``); the generic kernels in ``csrc/``
 
 Kernel signatures (launched by ``csrc/uvu_jit.cu``; pointers may be null where noted):
 ``bm_uvu_fwd(x1, x2, w, order?, send?, row_ptr?, out, n_nodes)`` and
-``bm_uvu_bwd(grad_out, x1, x2, w, order?, send?, row_ptr?, g1_edge?, g2_part?, gw?, n_nodes)``.
+``bm_uvu_bwd(grad_out, x1, x2, w, order?, send?, row_ptr?, g1_edge?, g2_part?, gw?, n_nodes)`` (its
+``g1_atomic`` variant, launched with ``jit_launch``, takes ``g1 [n_nodes, DIM1]`` in place of ``g1_edge``).
 """
 
 from dataclasses import dataclass
@@ -182,7 +183,11 @@ def _reduce_scatter(values: List[str], indent: str) -> Tuple[List[str], int]:
     return lines, shift
 
 
-def backward_source(spec: UvuSpec, ctype: str) -> str:
+def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False) -> str:
+    """``g1_atomic``: the input-1 gradient is added with atomics into ``g1 [n_nodes, DIM1]`` at each edge's
+    sender (zeroed by the caller) instead of being written per edge to ``g1_edge [n_edges, DIM1]``: no
+    ``[n_edges, DIM1]`` buffer and no segment sum (the convolution's atomic mode), but the summation order,
+    and so the last bits, vary run to run."""
     dim2 = spec.dims[1]
     lines = _header(spec, ctype) + [
         'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_bwd(',
@@ -218,10 +223,11 @@ def backward_source(spec: UvuSpec, ctype: str) -> str:
         for j, parts in sorted(gb.items()):
             lines.append(f"      gb_{j} += w_{n} * ({' + '.join(parts)});")
     lines.append("      if (g1_edge && active) {")
-    lines.append("        T* g1 = g1_edge + e * DIM1;")
+    lines.append(f"        T* g1 = g1_edge + {'s' if g1_atomic else 'e'} * DIM1;")
     for off, l1 in in1_segments:
         d1 = 2 * l1 + 1
-        lines += [f"        g1[{off} + u * {d1} + {i}] = ga_{off}_{i};" for i in range(d1)]
+        lines += [f"        atomicAdd(g1 + {off} + u * {d1} + {i}, ga_{off}_{i});" if g1_atomic else
+                  f"        g1[{off} + u * {d1} + {i}] = ga_{off}_{i};" for i in range(d1)]
     lines.append("      }")
     # the harmonics' gradient sums over channels: per warp by a reduce-scatter (lane L ends with one
     # component), written as [n_edges, WARPS, DIM2] partial sums that the caller adds in a fixed order

@@ -83,3 +83,15 @@ def test_reduce_scatter_sums_each_value_over_the_warp(count):
         j = lane >> shift
         if lane & ((1 << shift) - 1) == 0 and j < count:
             assert reduced[lane] == sums[j], (lane, j)
+
+
+def test_atomic_backward_adds_the_in1_gradient_at_the_sender():
+    spec, _ = _spec(MACE_PROBLEMS[1])
+    plain = _uvu_codegen.backward_source(spec, "float")
+    atomic = _uvu_codegen.backward_source(spec, "float", g1_atomic=True)
+    dim1_per_channel = spec.dims[0] // spec.mul
+    assert "atomicAdd" not in plain and "g1_edge + e * DIM1" in plain
+    assert "g1_edge + s * DIM1" in atomic and atomic.count("atomicAdd(g1 + ") == dim1_per_channel
+    # everything else (weight and harmonics gradients) is the same code
+    strip = lambda src: [ln for ln in src.splitlines() if "g1" not in ln]  # noqa: E731
+    assert strip(plain) == strip(atomic)

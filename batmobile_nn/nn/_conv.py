@@ -18,7 +18,8 @@ class EquivariantConv(TensorProductBase):
     layout are e3nn's ``o3.TensorProduct``'s, so ``conv_tp.state_dict()`` of a MACE block loads unchanged.
 
     Args: as ``e3nn.o3.TensorProduct``, plus ``deterministic``: edges must come sorted by receiver and
-    the sums run in a fixed order (bitwise reproducible on the GPU).
+    the sums run in a fixed order (bitwise reproducible on the GPU; the backward then keeps an
+    ``[n_edges, irreps_in1.dim]`` buffer). Otherwise the GPU backward sums by sender with atomics.
 
     Shapes: ``node_feats [n_nodes, irreps_in1.dim]``, ``edge_attrs [n_edges, irreps_in2.dim]``,
     ``tp_weights [n_edges, weight_numel]`` (``[weight_numel]`` or None when shared), ``edge_index [2, n_edges]``

@@ -2,9 +2,11 @@
 
 ``out[i] = sum_{e: receiver[e] == i} TP(node_feats[sender[e]], edge_attrs[e], weight[e])`` with
 ``out`` of shape ``[n_nodes, dim_out]``, ``n_nodes = node_feats.shape[0]``. ``deterministic``
-asks for receiver-sorted edges (checked) and a fixed summation order; ``sender_perm`` (optional)
-is the permutation that sorts the edges by sender, which the GPU backward uses to sum without
-atomics (computed on demand when not given).
+asks for receiver-sorted edges (checked) and a fixed summation order: bitwise reproducible on the GPU,
+at the cost of an ``[n_edges, dim_in1]`` buffer in the backward, summed by sender. ``sender_perm``
+(optional) is the permutation that sorts the edges by sender, for that sum (computed on demand when not
+given). Without either, the GPU backward adds the node-feature gradient at the senders with float
+atomics (no buffer; the last bits vary run to run, as with e3nn's and mace's ``scatter_sum``).
 """
 
 from typing import List, Optional, Tuple
@@ -57,6 +59,42 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
                 needs)
 
 
+@torch.library.custom_op("batmobile::conv_double_backward", mutates_args=())
+def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_grad_weight: Tensor, grad_out: Tensor,
+                         node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+                         sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool,
+                         needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. ``(grad_out, node_feats, edge_attrs, weight)`` of ``<grad_grad_node, d_node> +
+    <grad_grad_edge, d_edge> + <grad_grad_weight, d_weight>``, ``(d_node, d_edge, d_weight)`` the backward; an
+    empty ``grad_grad_*`` stands for zeros, gradients not in ``needs`` come back empty. One fused kernel on
+    the GPU for MACE's convolutions. Not differentiable: a backward that builds a graph (third derivatives)
+    composes forward and backward calls instead."""
+    _check_double_backward(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs,
+                           weight, sender, receiver, sender_perm, plan, cg, needs)
+    _check_data(node_feats, sender, receiver, deterministic)
+    impl = _backend.implementation(OP + "_double_backward", node_feats.device)
+    if impl is getattr(_backend.reference, OP + "_double_backward"):
+        return impl(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight,
+                    sender, receiver, plan, cg, needs)
+    return impl(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight, sender,
+                receiver, sender_perm, plan, cg, deterministic, needs)
+
+
+def _check_double_backward(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight,
+                           sender, receiver, sender_perm, plan, cg, needs):
+    _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, [True] * 3)
+    for name, cotangent, like in (("grad_grad_node", grad_grad_node, node_feats),
+                                  ("grad_grad_edge", grad_grad_edge, edge_attrs),
+                                  ("grad_grad_weight", grad_grad_weight, weight)):
+        if cotangent.numel() or cotangent.dim() != 1:  # empty 1-d: zeros
+            _checks.same(OP, {"node_feats": node_feats, name: cotangent})
+            if cotangent.shape != like.shape:
+                raise ValueError(f"batmobile.{OP}: {name} must be empty or of shape {list(like.shape)}, "
+                                 f"got {list(cotangent.shape)}")
+    if len(needs) != 4:
+        raise ValueError(f"batmobile.{OP}: needs must hold 4 booleans (grad_out, node_feats, edge_attrs, weight)")
+
+
 def _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, needs):
     _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg)
     _checks.float_tensor(OP, "grad_out", grad_out, 2, _plan.dims(plan)[2])
@@ -75,6 +113,15 @@ def _(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, d
 def _(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic, needs):
     _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, needs)
     return tuple(torch.empty_like(t) if n else t.new_empty(0) for t, n in zip((node_feats, edge_attrs, weight), needs))
+
+
+@conv_double_backward.register_fake
+def _(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight, sender, receiver,
+      sender_perm, plan, cg, deterministic, needs):
+    _check_double_backward(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight,
+                           sender, receiver, sender_perm, plan, cg, needs)
+    return tuple(torch.empty_like(t) if n else t.new_empty(0)
+                 for t, n in zip((grad_out, node_feats, edge_attrs, weight), needs))
 
 
 def _setup(ctx, inputs, output):
@@ -103,6 +150,12 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     plan, cg, deterministic = ctx.args
     graph = (sender, receiver, sender_perm)
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_node, grad_edge, grad_weight), ctx.computed)]
+    if not torch.is_grad_enabled():  # no graph of this backward is built (training on forces): one fused op
+        needs = list(ctx.needs_input_grad[:4])
+        empty = node_feats.new_empty(0)
+        grads = conv_double_backward(*(empty if g is None else g for g in cotangents), grad_out, node_feats,
+                                     edge_attrs, weight, *graph, plan, cg, deterministic, needs)
+        return *(g if n else None for g, n in zip(grads, needs)), None, None, None, None, None, None, None
     plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
     grads = _trilinear.double_backward(
         lambda a, b, c: conv(a, b, c, *graph, plan, cg, deterministic),

@@ -1,6 +1,6 @@
 """CUDA fused convolution against the reference: MACE-MP and random problems, atomic and deterministic
 modes, int32 and int64 indices, an isolated node, values, first and second derivatives, bitwise
-reproducibility, gradcheck, and graphs with a million edges and with more than 2^31 output elements."""
+reproducibility (where no atomics run), the atomic backward's memory, gradcheck, and graphs with a million edges and with more than 2^31 output elements."""
 
 import pytest
 import torch
@@ -50,10 +50,13 @@ def test_matches_reference(problem, deterministic, dtype):
 
 
 def test_int32_indices_and_sender_perm(dtype):
+    """int32 and int64 indices give the same bits; with a sender_perm the atomic mode uses no atomics."""
     a = _compare(MACE_PROBLEMS[1], dtype, False, index_dtype=torch.int32, sender_perm=True)
-    b = _compare(MACE_PROBLEMS[1], dtype, False, index_dtype=torch.int64)
+    b = _compare(MACE_PROBLEMS[1], dtype, False, index_dtype=torch.int64, sender_perm=True)
+    c = _compare(MACE_PROBLEMS[1], dtype, False, index_dtype=torch.int32)  # atomics in the backward
     for key in a:
         assert torch.equal(a[key], b[key]), key
+        torch.testing.assert_close(c[key], a[key], rtol=RTOL[dtype], atol=RTOL[dtype] * a[key].abs().max().item())
 
 
 @pytest.mark.parametrize("problem", [MACE_PROBLEMS[0], RANDOM_PROBLEMS[5]], ids=str)
@@ -66,13 +69,46 @@ def test_runs_cuda_kernels():
     assert "conv_backward" in batmobile_nn._backend.KERNELS["cuda"], "the CUDA extension did not load"
 
 
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic-with-sender-perm", "deterministic"])
 def test_bitwise_reproducible(deterministic, dtype):
-    """Two runs of forward, backward and double backward give identical bits (no atomics anywhere)."""
-    first = _compare(MACE_PROBLEMS[1], dtype, deterministic, seed=7)
-    second = _compare(MACE_PROBLEMS[1], dtype, deterministic, seed=7)
+    """Two runs of forward, backward and double backward give identical bits: the deterministic mode, and
+    the atomic mode given a sender_perm, use no float atomics."""
+    first = _compare(MACE_PROBLEMS[1], dtype, deterministic, seed=7, sender_perm=not deterministic)
+    second = _compare(MACE_PROBLEMS[1], dtype, deterministic, seed=7, sender_perm=not deterministic)
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def test_atomic_forward_is_reproducible(dtype):
+    """The atomic mode's forward sums each receiver's edges in a fixed order; only backwards use atomics."""
+    first = _compare(MACE_PROBLEMS[1], dtype, False, seed=7)
+    second = _compare(MACE_PROBLEMS[1], dtype, False, seed=7)
+    assert torch.equal(first["value"], second["value"])
+
+
+def _backward_peak(plan, x, y, w, grad_out, sender, receiver, deterministic):
+    out = conv(x, y, w, sender, receiver, None, plan.plan_list, plan.cg_list, deterministic)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    torch.cuda.synchronize()
+    return grad, torch.cuda.max_memory_allocated() - base
+
+
+def test_atomic_backward_keeps_no_per_edge_buffer():
+    """The atomic mode's backward adds the node-feature gradient at the senders: its peak stays below the
+    deterministic mode's by most of the [n_edges, dim_in1] buffer that the segment sum needs."""
+    problem, n_nodes, n_edges = MACE_PROBLEMS[1], 2_000, 60_000
+    plan, (x, y, w) = _inputs(problem, n_nodes, n_edges, torch.float32, 3)
+    x.requires_grad_(True)
+    sender, receiver = random_graph(n_nodes, n_edges, 3, sort_by_receiver=True)
+    (grad_out,) = randn([(n_nodes, plan.irreps_out.dim)], torch.float32, 4)
+    buffer = n_edges * problem.irreps_in1.dim * 4
+    g_atomic, peak_atomic = _backward_peak(plan, x, y, w, grad_out, sender, receiver, False)
+    g_sorted, peak_sorted = _backward_peak(plan, x, y, w, grad_out, sender, receiver, True)
+    torch.testing.assert_close(g_atomic, g_sorted, rtol=1e-4, atol=1e-4 * g_sorted.abs().max().item())
+    assert peak_atomic < peak_sorted - 0.8 * buffer, (peak_atomic, peak_sorted, buffer)
 
 
 def test_sender_perm_is_checked():
@@ -159,3 +195,37 @@ def test_output_over_2_31_elements():
     receiver = torch.randint(n_nodes - 5_000, n_nodes, (100_000,), generator=generator)
     value, *_ = _compare_large(problem, n_nodes, sender.to(DEVICE), receiver.to(DEVICE), deterministic=False)
     assert value[-5_000:].abs().sum(1).gt(0).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("has", [(True, True, True), (True, False, False), (False, True, False), (False, False, True),
+                                 (False, True, True)], ids=lambda h: "".join(n for n, x in zip("abc", h) if x))
+def test_fused_double_backward(has, deterministic, dtype):
+    """The fused double-backward kernel (MACE's convolutions) against the reference's composition, for
+    cotangents present or absent and every gradient asked for (grad_out included)."""
+    from batmobile_nn import _uvu
+    from batmobile_nn.ops.conv import conv_double_backward
+
+    problem = MACE_PROBLEMS[1]
+    plan = problem.plan()
+    assert _uvu.kernels_for(plan.plan_list, plan.cg_list, dtype, torch.device(DEVICE), True) is not None
+    sender, receiver = random_graph(N_NODES, N_EDGES, 5, isolated=3, sort_by_receiver=deterministic)
+    dims = (problem.irreps_in1.dim, problem.irreps_in2.dim, plan.weight_numel)
+    raw = randn([(N_NODES, plan.irreps_out.dim), (N_NODES, dims[0]), (N_EDGES, dims[1]), (N_EDGES, dims[2]),
+                 (N_NODES, dims[0]), (N_EDGES, dims[1]), (N_EDGES, dims[2])], torch.float64, 11)
+    raw[4:] = [t if h else t.new_empty(0) for t, h in zip(raw[4:], has)]
+    graph = (sender, receiver, None)
+    ours = conv_double_backward(*[t.to(dtype) for t in raw[4:]], *[t.to(dtype) for t in raw[:4]], *graph,
+                                plan.plan_list, plan.cg_list, deterministic, [True] * 4)
+    rounded = [t.to(dtype).double() for t in raw]
+    expected = reference.conv_double_backward(*rounded[4:], *rounded[:4], sender, receiver, plan.plan_list,
+                                              plan.cg_list, [True] * 4)
+    for name, a, b in zip(("grad_out", "node_feats", "edge_attrs", "weight"), ours, expected):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        tolerance = RTOL[dtype] * 4 * max(float(b.abs().max()), 1.0)
+        assert float((a.double() - b).abs().max()) <= tolerance, name
+    assert not ours[0][3].any() and not ours[1][3].any(), "the isolated node 3 got a value"
+    if deterministic:
+        again = conv_double_backward(*[t.to(dtype) for t in raw[4:]], *[t.to(dtype) for t in raw[:4]], *graph,
+                                     plan.plan_list, plan.cg_list, deterministic, [True] * 4)
+        assert all(torch.equal(a, b) for a, b in zip(ours, again))

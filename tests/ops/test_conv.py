@@ -110,3 +110,70 @@ def test_edge_order_does_not_matter(dtype):
         node_feats, edge_attrs[order], weight[order])
     tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
     torch.testing.assert_close(out_sorted, out, rtol=tolerance, atol=tolerance * float(out.abs().max()))
+
+
+def _second_derivatives(fn, inputs, grad_out_needs_grad, create_graph, seed=8):
+    """Gradients of a projection of the backward w.r.t. the inputs (and grad_out) with the double backward
+    run as one op (create_graph=False) or composed of differentiable calls (create_graph=True)."""
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*inputs)
+    grad_out, *projections = randn([out.shape] + [x.shape for x in inputs], out.dtype, seed)
+    grad_out.requires_grad_(grad_out_needs_grad)
+    grads = torch.autograd.grad(out, inputs, grad_out, create_graph=True)
+    projection = sum((g * p).sum() for g, p in zip(grads, projections))
+    wrt = inputs + ([grad_out] if grad_out_needs_grad else [])
+    return torch.autograd.grad(projection, wrt, create_graph=create_graph)
+
+
+@pytest.mark.parametrize("shared_weights", [False, True])
+def test_double_backward_op_equals_the_composed_double_backward(shared_weights, dtype, monkeypatch):
+    """The double backward runs as the one op conv_double_backward unless a graph of it is built."""
+    import batmobile_nn.reference as reference
+
+    calls = []
+    op = reference.conv_double_backward
+    monkeypatch.setattr(reference, "conv_double_backward", lambda *args: calls.append(1) or op(*args))
+    problem = scaled(MACE_PROBLEMS[1], 3) if not shared_weights else RANDOM_PROBLEMS[1]
+    sender, receiver = random_graph(N_NODES, N_EDGES, seed=7, isolated=ISOLATED)
+    raw = [x.to(dtype) for x in _raw(problem, N_NODES, N_EDGES, shared_weights)]
+    fused = _second_derivatives(_ours(problem, sender, receiver), raw, True, create_graph=False)
+    assert len(calls) == 1
+    composed = _second_derivatives(_ours(problem, sender, receiver), raw, True, create_graph=True)
+    assert len(calls) == 1
+    for a, b in zip(fused, composed):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_third_derivatives_match_e3nn():
+    """A double backward that builds a graph stays differentiable: third derivatives as e3nn's."""
+    problem = scaled(MACE_PROBLEMS[1], 3)
+    sender, receiver = random_graph(N_NODES, N_EDGES, seed=9)
+    raw = _raw(problem, N_NODES, N_EDGES)
+    results = []
+    for fn in (_ours(problem, sender, receiver),
+               e3nn_conv(problem.e3nn(torch.float64), sender, receiver, N_NODES)):
+        inputs = [x.detach().clone().requires_grad_(True) for x in raw]
+        second = _second_derivatives(fn, inputs, False, create_graph=True)
+        third = torch.autograd.grad(sum(g.square().sum() for g in second), inputs, allow_unused=True)
+        results.append([torch.zeros_like(x) if g is None else g for g, x in zip(third, inputs)])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10 * float(theirs.abs().max()))
+
+
+def test_double_backward_op_checks_its_inputs():
+    from batmobile_nn.ops.conv import conv_double_backward
+
+    plan = scaled(MACE_PROBLEMS[1], 2).plan()
+    sender, receiver = random_graph(N_NODES, N_EDGES, seed=0)
+    x, y, w = _raw(scaled(MACE_PROBLEMS[1], 2), N_NODES, N_EDGES)
+    grad_out = torch.randn(N_NODES, plan.irreps_out.dim, dtype=torch.float64)
+    empty = x.new_empty(0)
+    args = (grad_out, x, y, w, sender, receiver, None, plan.plan_list, plan.cg_list, False)
+    with pytest.raises(ValueError, match="grad_grad_edge must be empty or of shape"):
+        conv_double_backward(empty, y[:, :3], empty, *args, [True] * 4)
+    with pytest.raises(ValueError, match="4 booleans"):
+        conv_double_backward(x, empty, empty, *args, [True] * 3)
+    with pytest.raises(ValueError, match="dtype"):
+        conv_double_backward(x.float(), empty, empty, *args, [True] * 4)
+    grads = conv_double_backward(empty, empty, empty, *args, [True, False, True, True])
+    assert [g.shape for g in grads] == [grad_out.shape, (0,), y.shape, w.shape] and not any(g.any() for g in grads)

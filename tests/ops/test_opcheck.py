@@ -76,3 +76,8 @@ def test_conv_ops(variant, dtype):
     for needs in ([True, True, True], [True, False, True]):
         _opcheck(ops.conv_backward, (grad_out, node_feats, edge_attrs, weight, *graph, plan.plan_list, plan.cg_list,
                                      deterministic, needs), dtype, full=all(needs))
+    # the fused double backward has no derivative of its own (a graph-building backward composes instead)
+    tensors = _leaves((node_feats, edge_attrs, weight, grad_out), requires_grad=False)
+    cotangents = (tensors[0] * 0.5, tensors[1].new_empty(0), tensors[2] * 2.0)
+    _opcheck(ops.conv_double_backward, (*cotangents, tensors[3], *tensors[:3], *graph, plan.plan_list, plan.cg_list,
+                                        deterministic, [True, True, False, True]), dtype)
