@@ -26,7 +26,10 @@ enabled = os.environ.get("BATMOBILE_NN_SC", "1") != "0"
 # kernels of a MACE-MP-large-shaped problem (0e+1o+2e out, correlation 3: 5,911 terms) gave wrong first or
 # second derivatives (depending on how the source was cut into parts) with compute-sanitizer memcheck
 # clean, while the same source in float32, and float64 up to MACE-MP-medium's 1,909 terms, matched the
-# oracle. Until that is understood, the larger float64 problems do not use the kernels.
+# oracle. Compiled with NVRTC's --device-debug (no device optimization) the same kernels are right; with
+# --fmad=false, --maxrregcount=128 or --ptxas-options=-O1 other derivatives go wrong (csrc/README.md): an
+# optimizer bug on these long float64 kernels, or undefined behaviour in the source that only optimized
+# code exposes. Until that is understood, the larger float64 problems do not use the kernels.
 F64_MAX_TERMS = 2000
 MAX_PROBLEMS = 32  # problems remembered (each keeps its u tensors alive)
 THREADS = _sc_codegen.THREADS

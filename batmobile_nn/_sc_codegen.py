@@ -32,12 +32,6 @@ WGRAD_GROUP = {"float": 64, "double": 32}  # weight-gradient accumulators in reg
 # terms per kernel (see parts). ptxas (sm_90) on MACE-MP-large's problem: the float64 double backward in one
 # kernel spilled 50 KB and took minutes to compile; in parts of 350 terms, 1.4 KB and 31 s in all
 PART_TERMS = {"float": {"fwd": 4000, "bwd": 2000, "dbl": 1000}, "double": {"fwd": 2000, "bwd": 700, "dbl": 350}}
-# Float64 problems above LARGE_TERMS terms (MACE-MP-large's product basis: 5,911) get smaller backward parts:
-# with the sizes above, ptxas gives some of their backward parts 1-2 KB of stack per thread (spills), more than
-# the 1 KB default stack; these sizes keep every part under 600 bytes (nvcc 13.0, sm_90). Such problems still
-# take the reference path (_sc.F64_MAX_TERMS) until tests/cuda's test_large_float64_on_the_kernels passes.
-LARGE_TERMS = 2000
-LARGE_DOUBLE_PART_TERMS = {"fwd": 2000, "bwd": 350, "dbl": 175}
 
 Mono = Tuple[int, ...]  # sorted x indices
 Term = Tuple[float, Mono, Mono]  # (coefficient, x indices, v indices)
@@ -143,8 +137,6 @@ def parts(spec: ScSpec, ctype: str, kind: str) -> List[Tuple[int, ...]]:
     (the first writes, the others add). Straight-line code over too many terms makes ptxas spill (and take
     minutes); MACE-MP-medium in float32 stays one kernel per kind."""
     budget = PART_TERMS[ctype][kind]
-    if ctype == "double" and sum(len(ts) for _, _, ts in spec.terms) > LARGE_TERMS:
-        budget = min(budget, LARGE_DOUBLE_PART_TERMS[kind])
     groups: List[Tuple[int, ...]] = []
     current: List[int] = []
     size = 0

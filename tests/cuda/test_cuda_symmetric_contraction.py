@@ -157,8 +157,8 @@ def test_bad_element_index_is_an_error():
 
 
 @pytest.mark.xfail(strict=True, reason="float64 kernels of MACE-MP-large's problem gave wrong derivatives on an H200 "
-                                       "(unexplained; they take the reference path: _sc.F64_MAX_TERMS). Strict: a "
-                                       "pass means the guard can go")
+                                       "unless compiled without device optimization (unexplained; they take the "
+                                       "reference path: _sc.F64_MAX_TERMS). Strict: a pass means the guard can go")
 def test_large_float64_on_the_kernels(monkeypatch):
     case = _case(CASES[0])
     monkeypatch.setattr(_sc, "F64_MAX_TERMS", 10**9)
