@@ -110,20 +110,23 @@ def backward(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: 
 def backward_atomic_g1(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor,
                        order: Optional[Tensor], send: Tensor, row_ptr: Tensor,
                        needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
-    """The convolution's backward with the input-1 gradient summed by sender with atomics:
-    ``(grad_in1 [n_nodes, dim1], grad_in2 [n_edges, dim2], grad_weight [n_edges, weight_numel])``.
-    No ``[n_edges, dim1]`` buffer (350 MB at MACE-MP-medium, 170k edges, float32) and no segment sum."""
+    """The convolution's backward with the input-1 gradient summed by sender, and the harmonics' gradient
+    over the block's warps, with atomics: ``(grad_in1 [n_nodes, dim1], grad_in2 [n_edges, dim2],
+    grad_weight [n_edges, weight_numel])``. No ``[n_edges, dim1]`` buffer (350 MB at MACE-MP-medium, 170k
+    edges, float32), no ``[n_edges, warps, dim2]`` partial sums (44 MB) and no segment sum."""
     dim1, dim2, dim_out, weight_numel = k.spec.dims
     n_nodes, n_edges = in1.shape[0], in2.shape[0]
     g1 = in1.new_zeros(n_nodes, dim1)  # [n_nodes, dim1], added into
-    g2_part = in1.new_empty(n_edges, k.spec.warps, dim2) if needs[1] else None  # per-warp partial sums
+    g2 = None
+    if needs[1]:  # [n_edges, dim2], added into by each warp; one warp writes its sums
+        g2 = in1.new_zeros(n_edges, dim2) if k.spec.warps > 1 else in1.new_empty(n_edges, dim2)
     gw = in1.new_empty(n_edges, weight_numel) if needs[2] else None  # [n_edges, weight_numel]
     if n_nodes and n_edges:
         _jit.launch(k.backward_atomic, min(n_nodes, _jit.MAX_GRID), k.spec.threads,
                     [grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(), order, send,
-                     row_ptr, g1, g2_part, gw], [n_nodes])
+                     row_ptr, g1, g2, gw], [n_nodes])
     # distinct empty placeholders: a custom op's outputs may not alias each other
-    return g1, g2_part.sum(1) if needs[1] else in1.new_empty(0), gw if needs[2] else in1.new_empty(0)
+    return g1, g2 if needs[1] else in1.new_empty(0), gw if needs[2] else in1.new_empty(0)
 
 
 def double_backward(k: UvuKernels, cotangents: List[Optional[Tensor]], grad_out: Tensor, in1: Tensor, in2: Tensor,

@@ -185,9 +185,10 @@ def _reduce_scatter(values: List[str], indent: str) -> Tuple[List[str], int]:
 
 def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False) -> str:
     """``g1_atomic``: the input-1 gradient is added with atomics into ``g1 [n_nodes, DIM1]`` at each edge's
-    sender (zeroed by the caller) instead of being written per edge to ``g1_edge [n_edges, DIM1]``: no
-    ``[n_edges, DIM1]`` buffer and no segment sum (the convolution's atomic mode), but the summation order,
-    and so the last bits, vary run to run."""
+    sender (zeroed by the caller) instead of being written per edge to ``g1_edge [n_edges, DIM1]``, and the
+    warps add their harmonics-gradient sums into ``g2 [n_edges, DIM2]`` (zeroed) instead of writing
+    ``g2_part [n_edges, WARPS, DIM2]``: no per-edge buffers and no segment sum (the convolution's atomic
+    mode), but the summation order, and so the last bits, vary run to run."""
     dim2 = spec.dims[1]
     lines = _header(spec, ctype) + [
         'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_bwd(',
@@ -238,8 +239,9 @@ def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False) -> str:
         lines.append("        {")
         lines += reduce_lines
         lines += [f"        const int j = {start} + (lane >> {shift});",
-                  f"        if ((lane & {(1 << shift) - 1}) == 0 && j < {min(dim2, start + 32)}) "
-                  "g2_part[(e * WARPS + warp) * DIM2 + j] = reduced;",
+                  f"        if ((lane & {(1 << shift) - 1}) == 0 && j < {min(dim2, start + 32)}) " +
+                  ("atomicAdd(g2_part + e * DIM2 + j, reduced);" if g1_atomic and spec.warps > 1 else
+                   "g2_part[(e * WARPS + warp) * DIM2 + j] = reduced;"),
                   "        }"]
     lines += ["      }", "    }", "  }", "}"]
     return "\n".join(lines) + "\n"

@@ -92,6 +92,9 @@ def test_atomic_backward_adds_the_in1_gradient_at_the_sender():
     dim1_per_channel = spec.dims[0] // spec.mul
     assert "atomicAdd" not in plain and "g1_edge + e * DIM1" in plain
     assert "g1_edge + s * DIM1" in atomic and atomic.count("atomicAdd(g1 + ") == dim1_per_channel
-    # everything else (weight and harmonics gradients) is the same code
-    strip = lambda src: [ln for ln in src.splitlines() if "g1" not in ln]  # noqa: E731
+    # the warps' harmonics-gradient sums: one per group of 32 components, added instead of written per warp
+    assert spec.warps > 1 and atomic.count("atomicAdd(g2_part + e * DIM2 + j, reduced)") == (spec.dims[1] + 31) // 32
+    assert "g2_part[(e * WARPS + warp)" in plain and "g2_part[(e * WARPS + warp)" not in atomic
+    # everything else (the weight gradient, the reductions) is the same code
+    strip = lambda src: [ln for ln in src.splitlines() if "g1" not in ln and "g2_part" not in ln]  # noqa: E731
     assert strip(plain) == strip(atomic)
