@@ -240,7 +240,11 @@ def render(folder, link_base=None, png_dir=None):
              "do not edit by hand -->", "", describe_run(folder, manifest, benchmarks), ""]
     for name, data, record in benchmarks:
         device = data.get("device") if isinstance(data, dict) else None
-        lines += [f"**{name}**" + (f" ({device})" if device and device != manifest.get("device") else ""), ""]
+        revision = str(data.get("git_revision") or "")[:7] if isinstance(data, dict) else ""
+        notes = [device] if device and device != manifest.get("device") else []
+        if revision and revision != (manifest.get("git") or {}).get("short", "")[:7]:
+            notes.append(f"code {revision}")  # a folder may gather the results of several revisions
+        lines += [f"**{name}**" + (f" ({', '.join(notes)})" if notes else ""), ""]
         status = record.get("status")
         if status and status != "ok":
             log = folder / record.get("log", f"{name}.log")

@@ -169,3 +169,15 @@ def test_mace_table_compares_ours_with_the_best_peer():
     assert "batmobile-graphs vs best peer: wall" in header
     assert cells[5:] == ["30.0 / 20.0 / 3.00", "50.0 / 4.00 / 0.70", "oom", "20.0 / 5.00 / 0.80", "2.00 / 1.00 / –",
                          "×1.50", "×0.80", "×15.00"]
+
+
+def test_results_of_other_revisions_name_their_code(tmp_path):
+    """A folder gathering several runs' JSON says, per benchmark, which revision made it."""
+    table = _table_module()
+    row = dict(model="medium", atoms=1000, edges=35000, dtype="float32", mode="inference", status="ok",
+               backend="batmobile", wall_ms=20.0, kernel_ms=5.0, peak_memory_bytes=8e8)
+    for name, revision in (("bench_mace", "a78a89a0123"), ("bench_mace_small", "c173e69fff")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"benchmark": "bench_mace", "device": "GPU X", "git_revision": revision, "rows": [row]}))
+    text = table.render(tmp_path)
+    assert "**bench_mace** (GPU X, code a78a89a)" in text and "**bench_mace_small** (GPU X, code c173e69)" in text
