@@ -5,7 +5,7 @@ from typing import List, Optional
 import torch
 
 from ..o3._tensor_product import TensorProductBase
-from ..ops.conv import conv as _conv_op
+from ..ops.conv import conv as _conv
 
 
 class EquivariantConv(TensorProductBase):
@@ -54,5 +54,8 @@ class EquivariantConv(TensorProductBase):
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError("edge_index must have shape [2, n_edges], got " + str(list(edge_index.shape)))
         weight = self._get_weights(tp_weights)
-        return _conv_op(node_feats, edge_attrs, weight, edge_index[0], edge_index[1], sender_perm, self._plan,
-                        self._cg, self.deterministic)
+        if torch.jit.is_scripting():
+            return torch.ops.batmobile.conv(node_feats, edge_attrs, weight, edge_index[0], edge_index[1], sender_perm,
+                                            self._plan, self._cg, self.deterministic)
+        return _conv(node_feats, edge_attrs, weight, edge_index[0], edge_index[1], sender_perm, self._plan,
+                     self._cg, self.deterministic)  # eager: without the custom-op layers (ops/_eager.py)

@@ -13,7 +13,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from ..ops.element_linear import element_linear  # noqa: F401  (registers torch.ops.batmobile.element_linear)
+from ..ops.element_linear import element_linear  # also registers torch.ops.batmobile.element_linear
 from ._elements import element_of
 
 
@@ -99,7 +99,10 @@ class ElementLinear(torch.nn.Module):
             xi = x[:, start:start + mul_in * d].reshape(n, mul_in, d)  # [n, mul_in, d]
             w = self.weight[offset:offset + mul_in * self.num_elements * mul_out]
             w = w.view(mul_in, self.num_elements, mul_out).transpose(0, 1)  # [E, mul_in, mul_out]
-            yi = torch.ops.batmobile.element_linear(xi, element, w, alpha)  # [n, mul_out, d]
+            if torch.jit.is_scripting():
+                yi = torch.ops.batmobile.element_linear(xi, element, w, alpha)  # [n, mul_out, d]
+            else:  # eager: without the custom-op layers (ops/_eager.py)
+                yi = element_linear(xi, element, w, alpha)
             previous = outs[i_out]
             outs[i_out] = yi if previous is None else previous + yi
         blocks: List[Tensor] = []

@@ -6,7 +6,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from ..ops.symmetric_contraction import MAX_CORRELATION  # importing it registers torch.ops.batmobile.*
+from ..ops.symmetric_contraction import MAX_CORRELATION, symmetric_contraction  # also registers the ops
 from ._elements import element_of
 from ._mace_cg import u_matrix
 
@@ -188,7 +188,9 @@ class SymmetricContraction(torch.nn.Module):
             us.extend(u_o)
             weights.extend(weights_o)
         weight = torch.cat(weights, dim=1)  # [num_elements, num_params, num_features]
-        return torch.ops.batmobile.symmetric_contraction(x, element, weight, us, self.correlations)
+        if torch.jit.is_scripting():
+            return torch.ops.batmobile.symmetric_contraction(x, element, weight, us, self.correlations)
+        return symmetric_contraction(x, element, weight, us, self.correlations)  # eager: ops/_eager.py
 
     def extra_repr(self) -> str:
         return (f"{self.irreps_in} -> {self.irreps_out}, correlation={self.correlations}, "

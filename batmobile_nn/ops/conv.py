@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from . import _checks, _plan, _trilinear
+from . import _checks, _eager, _plan, _trilinear
 
 OP = "conv"
 
@@ -32,8 +32,7 @@ def _check_data(node_feats, sender, receiver, deterministic):
         _checks.sorted_receivers(OP, receiver)
 
 
-@torch.library.custom_op("batmobile::conv", mutates_args=())
-def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+def _conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
          sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool) -> Tensor:
     """``node_feats [n_nodes, dim_in1]``, ``edge_attrs [n_edges, dim_in2]``, ``weight [n_edges, weight_numel]``
     (or shared ``[weight_numel]``), ``sender``/``receiver [n_edges]`` int32/int64 -> ``[n_nodes, dim_out]``."""
@@ -45,8 +44,7 @@ def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
     return impl(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
 
 
-@torch.library.custom_op("batmobile::conv_backward", mutates_args=())
-def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
+def _conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
                   receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
                   deterministic: bool, needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``(node_feats, edge_attrs, weight)``; those not in ``needs`` come back empty."""
@@ -59,8 +57,7 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
                 needs)
 
 
-@torch.library.custom_op("batmobile::conv_double_backward", mutates_args=())
-def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_grad_weight: Tensor, grad_out: Tensor,
+def _conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_grad_weight: Tensor, grad_out: Tensor,
                          node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
                          sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool,
                          needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -103,19 +100,25 @@ def _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, 
         raise ValueError(f"batmobile.{OP}: grad_out must be [n_nodes, dim_out] and needs 3 booleans")
 
 
-@conv.register_fake
+_conv_op = torch.library.custom_op("batmobile::conv", _conv, mutates_args=())
+_conv_backward_op = torch.library.custom_op("batmobile::conv_backward", _conv_backward, mutates_args=())
+_conv_double_backward_op = torch.library.custom_op("batmobile::conv_double_backward", _conv_double_backward,
+                                                   mutates_args=())
+
+
+@_conv_op.register_fake
 def _(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic):
     _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg)
     return node_feats.new_empty(node_feats.shape[0], _plan.dims(plan)[2])
 
 
-@conv_backward.register_fake
+@_conv_backward_op.register_fake
 def _(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic, needs):
     _check_backward(grad_out, node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, needs)
     return tuple(torch.empty_like(t) if n else t.new_empty(0) for t, n in zip((node_feats, edge_attrs, weight), needs))
 
 
-@conv_double_backward.register_fake
+@_conv_double_backward_op.register_fake
 def _(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight, sender, receiver,
       sender_perm, plan, cg, deterministic, needs):
     _check_double_backward(grad_grad_node, grad_grad_edge, grad_grad_weight, grad_out, node_feats, edge_attrs, weight,
@@ -133,8 +136,8 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad_out):
     node_feats, edge_attrs, weight, sender, receiver, sender_perm = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:3])
-    grads = conv_backward(grad_out.contiguous(), node_feats, edge_attrs, weight, sender, receiver, sender_perm,
-                          *ctx.args, needs)
+    grads = _eager.pick(ctx, conv_backward)(grad_out.contiguous(), node_feats, edge_attrs, weight, sender, receiver,
+                                            sender_perm, *ctx.args, needs)
     return *(g if n else None for g, n in zip(grads, needs)), None, None, None, None, None, None
 
 
@@ -153,18 +156,24 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     if not torch.is_grad_enabled():  # no graph of this backward is built (training on forces): one fused op
         needs = list(ctx.needs_input_grad[:4])
         empty = node_feats.new_empty(0)
-        grads = conv_double_backward(*(empty if g is None else g for g in cotangents), grad_out, node_feats,
-                                     edge_attrs, weight, *graph, plan, cg, deterministic, needs)
+        grads = _eager.pick(ctx, conv_double_backward)(*(empty if g is None else g for g in cotangents), grad_out,
+                                                       node_feats, edge_attrs, weight, *graph, plan, cg,
+                                                       deterministic, needs)
         return *(g if n else None for g, n in zip(grads, needs)), None, None, None, None, None, None, None
     plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
+    forward, backward = _eager.pick(ctx, conv), _eager.pick(ctx, conv_backward)
     grads = _trilinear.double_backward(
-        lambda a, b, c: conv(a, b, c, *graph, plan, cg, deterministic),
-        lambda g, a, b, c, needs: conv_backward(g, a, b, c, *graph, plan, cg, deterministic, needs),
+        lambda a, b, c: forward(a, b, c, *graph, plan, cg, deterministic),
+        lambda g, a, b, c, needs: backward(g, a, b, c, *graph, plan, cg, deterministic, needs),
         grad_out, node_feats, edge_attrs, weight, cotangents, list(ctx.needs_input_grad[:4]),
-        lambda a, b, c: conv(a, b, c, *graph, plan_c, cg, deterministic),
-        lambda g, a, b, c, needs: conv_backward(g, a, b, c, *graph, plan_c, cg, deterministic, needs))
+        lambda a, b, c: forward(a, b, c, *graph, plan_c, cg, deterministic),
+        lambda g, a, b, c, needs: backward(g, a, b, c, *graph, plan_c, cg, deterministic, needs))
     return *grads, None, None, None, None, None, None, None
 
 
-conv.register_autograd(_backward, setup_context=_setup)
-conv_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
+_conv_op.register_autograd(_backward, setup_context=_setup)
+_conv_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
+# what the package calls (eager: an autograd.Function with the same chain; torch.compile: the ops)
+conv = _eager.fast_path(_conv_op, _conv, _setup, _backward)
+conv_backward = _eager.fast_path(_conv_backward_op, _conv_backward, _setup_backward, _backward_backward)
+conv_double_backward = _eager.fast_path(_conv_double_backward_op, _conv_double_backward)

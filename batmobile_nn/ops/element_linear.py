@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from . import _checks
+from . import _checks, _eager
 
 OP = "element_linear"
 
@@ -52,8 +52,7 @@ def _check_range(element: Tensor, n_elements: int):
     _checks.index_ranges(OP, n_elements, "there are {} elements", element=element)
 
 
-@torch.library.custom_op("batmobile::element_linear", mutates_args=())
-def element_linear(x: Tensor, element: Tensor, weight: Tensor, alpha: float) -> Tensor:
+def _element_linear(x: Tensor, element: Tensor, weight: Tensor, alpha: float) -> Tensor:
     """``x [n, mul_in, d]``, ``element [n]`` int32/int64, ``weight [n_elements, mul_in, mul_out]`` ->
     ``alpha * x[i] . weight[element[i]]``: ``[n, mul_out, d]``."""
     _check_linear(x, element, weight)
@@ -61,8 +60,7 @@ def element_linear(x: Tensor, element: Tensor, weight: Tensor, alpha: float) -> 
     return _backend.implementation(OP, x.device)(x, element, weight, alpha)
 
 
-@torch.library.custom_op("batmobile::element_outer", mutates_args=())
-def element_outer(x: Tensor, y: Tensor, element: Tensor, n_elements: int, alpha: float) -> Tensor:
+def _element_outer(x: Tensor, y: Tensor, element: Tensor, n_elements: int, alpha: float) -> Tensor:
     """``x [n, mul_in, d]``, ``y [n, mul_out, d]``, ``element [n]`` -> per element, ``alpha`` times the sum over
     its nodes of ``x[i] y[i]^T``: ``[n_elements, mul_in, mul_out]``."""
     _check_outer(x, y, element, n_elements)
@@ -70,13 +68,17 @@ def element_outer(x: Tensor, y: Tensor, element: Tensor, n_elements: int, alpha:
     return _backend.implementation("element_outer", x.device)(x, y, element, n_elements, alpha)
 
 
-@element_linear.register_fake
+_element_linear_op = torch.library.custom_op("batmobile::element_linear", _element_linear, mutates_args=())
+_element_outer_op = torch.library.custom_op("batmobile::element_outer", _element_outer, mutates_args=())
+
+
+@_element_linear_op.register_fake
 def _(x, element, weight, alpha):
     _check_linear(x, element, weight)
     return x.new_empty(x.shape[0], weight.shape[2], x.shape[2])
 
 
-@element_outer.register_fake
+@_element_outer_op.register_fake
 def _(x, y, element, n_elements, alpha):
     _check_outer(x, y, element, n_elements)
     return x.new_empty(n_elements, x.shape[1], y.shape[1])
@@ -90,11 +92,12 @@ def _setup_linear(ctx, inputs, output):
 
 def _backward_linear(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], None, Optional[Tensor], None]:
     x, element, weight = ctx.saved_tensors
+    linear, outer = _eager.pick(ctx, element_linear), _eager.pick(ctx, element_outer)
     grad_x = grad_weight = None
     if ctx.needs_input_grad[0]:  # [n, mul_in, d]
-        grad_x = element_linear(grad_out, element, weight.transpose(1, 2), ctx.alpha)
+        grad_x = linear(grad_out, element, weight.transpose(1, 2), ctx.alpha)
     if ctx.needs_input_grad[2]:  # [E, mul_in, mul_out]
-        grad_weight = element_outer(x, grad_out, element, weight.shape[0], ctx.alpha)
+        grad_weight = outer(x, grad_out, element, weight.shape[0], ctx.alpha)
     return grad_x, None, grad_weight, None
 
 
@@ -106,13 +109,17 @@ def _setup_outer(ctx, inputs, output):
 
 def _backward_outer(ctx, grad_out: Tensor):
     x, y, element = ctx.saved_tensors  # grad_out: [E, mul_in, mul_out]
+    linear = _eager.pick(ctx, element_linear)
     grad_x = grad_y = None
     if ctx.needs_input_grad[0]:
-        grad_x = element_linear(y, element, grad_out.transpose(1, 2), ctx.alpha)
+        grad_x = linear(y, element, grad_out.transpose(1, 2), ctx.alpha)
     if ctx.needs_input_grad[1]:
-        grad_y = element_linear(x, element, grad_out, ctx.alpha)
+        grad_y = linear(x, element, grad_out, ctx.alpha)
     return grad_x, grad_y, None, None, None
 
 
-element_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
-element_outer.register_autograd(_backward_outer, setup_context=_setup_outer)
+_element_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
+_element_outer_op.register_autograd(_backward_outer, setup_context=_setup_outer)
+# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+element_linear = _eager.fast_path(_element_linear_op, _element_linear, _setup_linear, _backward_linear)
+element_outer = _eager.fast_path(_element_outer_op, _element_outer, _setup_outer, _backward_outer)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from . import _checks
+from . import _checks, _eager
 
 OP = "symmetric_contraction"
 MAX_CORRELATION = 3
@@ -80,8 +80,7 @@ def _check_cotangent(name: str, t: Tensor, like: Tensor):
     _checks.same(OP, {name: t, "x": like})
 
 
-@torch.library.custom_op("batmobile::symmetric_contraction", mutates_args=())
-def symmetric_contraction(x: Tensor, element: Tensor, weight: Tensor, u: List[Tensor],
+def _symmetric_contraction(x: Tensor, element: Tensor, weight: Tensor, u: List[Tensor],
                           correlations: List[int]) -> Tensor:
     """MACE's symmetric contraction: ``x [n, mul, L]``, ``element [n]``, ``weight [n_elements, n_params, mul]``,
     ``u`` (``[D_o, L**nu, P]`` per output irrep and degree), ``correlations`` -> ``[n, mul * sum_o D_o]``."""
@@ -90,8 +89,7 @@ def symmetric_contraction(x: Tensor, element: Tensor, weight: Tensor, u: List[Te
     return _backend.implementation(OP, x.device)(x, element, weight, u, correlations)
 
 
-@torch.library.custom_op("batmobile::symmetric_contraction_backward", mutates_args=())
-def symmetric_contraction_backward(grad_out: Tensor, x: Tensor, element: Tensor, weight: Tensor, u: List[Tensor],
+def _symmetric_contraction_backward(grad_out: Tensor, x: Tensor, element: Tensor, weight: Tensor, u: List[Tensor],
                                    correlations: List[int], needs: List[bool]) -> Tuple[Tensor, Tensor]:
     """Gradients w.r.t. ``(x, weight)``; those not asked for in ``needs`` come back empty."""
     _check_backward(grad_out, x, element, weight, u, correlations)
@@ -101,8 +99,7 @@ def symmetric_contraction_backward(grad_out: Tensor, x: Tensor, element: Tensor,
     return _backend.implementation(OP + "_backward", x.device)(grad_out, x, element, weight, u, correlations, needs)
 
 
-@torch.library.custom_op("batmobile::symmetric_contraction_double_backward", mutates_args=())
-def symmetric_contraction_double_backward(grad_grad_x: Tensor, grad_grad_weight: Tensor, grad_out: Tensor, x: Tensor,
+def _symmetric_contraction_double_backward(grad_grad_x: Tensor, grad_grad_weight: Tensor, grad_out: Tensor, x: Tensor,
                                           element: Tensor, weight: Tensor, u: List[Tensor], correlations: List[int],
                                           needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``(grad_out, x, weight)`` of ``<grad_grad_x, dx> + <grad_grad_weight, dweight>``, where
@@ -126,18 +123,26 @@ def _empty_unless(needed: bool, like: Tensor) -> Tensor:
     return torch.empty_like(like) if needed else like.new_empty(0)
 
 
-@symmetric_contraction.register_fake
+_symmetric_contraction_op = torch.library.custom_op("batmobile::symmetric_contraction", _symmetric_contraction,
+                                                   mutates_args=())
+_backward_op = torch.library.custom_op("batmobile::symmetric_contraction_backward", _symmetric_contraction_backward,
+                                       mutates_args=())
+_double_backward_op = torch.library.custom_op("batmobile::symmetric_contraction_double_backward",
+                                              _symmetric_contraction_double_backward, mutates_args=())
+
+
+@_symmetric_contraction_op.register_fake
 def _(x, element, weight, u, correlations):
     return x.new_empty(x.shape[0], _check(x, element, weight, u, correlations))
 
 
-@symmetric_contraction_backward.register_fake
+@_backward_op.register_fake
 def _(grad_out, x, element, weight, u, correlations, needs):
     _check_backward(grad_out, x, element, weight, u, correlations)
     return _empty_unless(needs[0], x), _empty_unless(needs[1], weight)
 
 
-@symmetric_contraction_double_backward.register_fake
+@_double_backward_op.register_fake
 def _(grad_grad_x, grad_grad_weight, grad_out, x, element, weight, u, correlations, needs):
     _check_double_backward(grad_grad_x, grad_grad_weight, grad_out, x, element, weight, u, correlations, needs)
     return _empty_unless(needs[0], grad_out), _empty_unless(needs[1], x), _empty_unless(needs[2], weight)
@@ -152,8 +157,8 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, element, weight, *u = ctx.saved_tensors
     needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[2]]
-    grad_x, grad_weight = symmetric_contraction_backward(grad_out.contiguous(), x, element, weight, u,
-                                                         ctx.correlations, needs)
+    backward = _eager.pick(ctx, symmetric_contraction_backward)
+    grad_x, grad_weight = backward(grad_out.contiguous(), x, element, weight, u, ctx.correlations, needs)
     return grad_x if needs[0] else None, None, grad_weight if needs[1] else None, [None] * len(u), None
 
 
@@ -170,11 +175,16 @@ def _backward_backward(ctx, grad_grad_x, grad_grad_weight):
     cotangents = [g.contiguous() if g is not None and computed else like.new_empty(0)
                   for g, computed, like in zip((grad_grad_x, grad_grad_weight), ctx.computed, (x, weight))]
     needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]]
-    grads = symmetric_contraction_double_backward(*cotangents, grad_out, x, element, weight, u, ctx.correlations,
-                                                  needs)
+    double_backward = _eager.pick(ctx, symmetric_contraction_double_backward)
+    grads = double_backward(*cotangents, grad_out, x, element, weight, u, ctx.correlations, needs)
     d_grad_out, d_x, d_weight = (g if n else None for g, n in zip(grads, needs))
     return d_grad_out, d_x, None, d_weight, [None] * len(u), None, None
 
 
-symmetric_contraction.register_autograd(_backward, setup_context=_setup)
-symmetric_contraction_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
+_symmetric_contraction_op.register_autograd(_backward, setup_context=_setup)
+_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
+# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+symmetric_contraction = _eager.fast_path(_symmetric_contraction_op, _symmetric_contraction, _setup, _backward)
+symmetric_contraction_backward = _eager.fast_path(_backward_op, _symmetric_contraction_backward, _setup_backward,
+                                                  _backward_backward)
+symmetric_contraction_double_backward = _eager.fast_path(_double_backward_op, _symmetric_contraction_double_backward)

@@ -64,8 +64,8 @@ def test_opcheck(dtype):
     x, element, weight, y = _inputs((6, 3, 4, 3, 3), 3)
     x, weight, y = (t.to(dtype).requires_grad_() for t in (x, weight, y))
     utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(ops.element_linear, (x, element, weight, 0.5), test_utils=utils)
-    torch.library.opcheck(ops.element_outer, (x, y, element, 3, 0.5), test_utils=utils)
+    torch.library.opcheck(ops.element_linear.op, (x, element, weight, 0.5), test_utils=utils)
+    torch.library.opcheck(ops.element_outer.op, (x, y, element, 3, 0.5), test_utils=utils)
 
 
 def test_reference_matches_the_oracle_with_one_and_many_elements():

@@ -1,0 +1,77 @@
+"""Eager calls of the ops without the custom-op layers around them.
+
+A ``torch.library.custom_op`` call goes through the dispatcher's Python layers (argument conversion,
+the autograd wrapper, a redispatch, output alias checks) before it reaches our implementation: on the
+CPU of this project's VM, 281 µs per call of the convolution with MACE-MP-medium's plan (its lists of
+125 ints and 402 floats are converted at every crossing) against 48 µs for a ``torch.autograd.Function``
+running the same checks and implementation. A MACE training step makes 26 such calls and is host-bound
+at 1,000 atoms, so eager calls take the Function; under ``torch.compile`` and other tracing the op
+itself is called (it has the fake implementation the compiler needs), and TorchScript calls
+``torch.ops.batmobile.*``. Both paths run the same implementation, ``setup_context`` and backward (one
+autograd chain); the backward calls the fast paths or the ops as its forward did (``pick``).
+"""
+
+import functools
+import inspect
+from typing import Callable, Optional
+
+import torch
+
+_TRACING_MODES = tuple(getattr(torch._C._TorchDispatchModeKey, name)
+                       for name in ("FAKE", "PROXY", "FUNCTIONAL"))  # private API, guarded by tests/ops/test_opcheck.py
+
+
+def _tracing() -> bool:
+    """Under torch.compile, or inside a fake / proxy / functional tracing mode (AOT autograd, make_fx, export):
+    places where only the registered op (with its fake implementation) can run."""
+    return torch.compiler.is_compiling() or any(torch._C._get_dispatch_mode(key) is not None
+                                                for key in _TRACING_MODES)
+
+
+def pick(ctx, call: Callable) -> Callable:
+    """In a backward: ``call`` (a ``fast_path`` function) when the forward ran eagerly through it, else its op
+    (the op's registered autograd runs under tracing, where only ops may be called)."""
+    return call if getattr(ctx, "eager", False) else call.op
+
+
+def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
+              backward: Optional[Callable] = None) -> Callable:
+    """A function with ``impl``'s signature that calls ``op`` (the custom op made of ``impl``) under
+    tracing, and otherwise an autograd.Function with ``impl`` as its forward and the op's
+    ``setup_context`` and ``backward`` (for an op without a derivative, a backward that raises)."""
+    signature = inspect.signature(impl)
+    name = impl.__name__.lstrip("_")
+    if backward is None:  # an op without a derivative: differentiating it is an error, as for the op
+        def setup_context(ctx, inputs, output):
+            pass
+
+        def backward(ctx, *grads):
+            raise RuntimeError(f"batmobile::{name} has no derivative of its own (a backward that builds a graph "
+                               "composes differentiable ops where the op supports higher derivatives)")
+
+    def eager_setup_context(ctx, inputs, output):
+        setup_context(ctx, inputs, output)
+        ctx.eager = True  # the backward then calls the fast paths too (``pick``)
+
+    def eager_backward(ctx, *grads):
+        # a custom op's backward gives a list of Nones for a list-of-tensors input (u of the symmetric
+        # contraction); an autograd.Function takes None there
+        return tuple(None if isinstance(g, list) and not any(x is not None for x in g) else g
+                     for g in backward(ctx, *grads))
+
+    function = type(f"{impl.__name__}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(impl), "setup_context": staticmethod(eager_setup_context),
+        "backward": staticmethod(eager_backward)})
+
+    @functools.wraps(impl)
+    def call(*args, **kwargs):
+        if _tracing():
+            return op(*args, **kwargs)
+        if kwargs:  # autograd.Function.apply takes positional arguments only
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args = bound.args
+        return function.apply(*args)
+
+    call.op = op  # the registered op (torch.ops.batmobile.<name>), for opcheck and torch.compile
+    return call
