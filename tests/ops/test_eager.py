@@ -1,0 +1,65 @@
+"""The ops' eager fast path (``batmobile_nn/ops/_eager.py``): eager calls take an autograd.Function with the
+op's chain, tracing takes the registered op, keyword arguments bind, and an op without a derivative says so."""
+
+import pytest
+import torch
+from problems import MACE_PROBLEMS, scaled
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from batmobile_nn.ops import conv, conv_double_backward, element_linear
+
+from ._compare import randn
+from ._graphs import random_graph
+
+
+def _conv_inputs():
+    plan = scaled(MACE_PROBLEMS[1], 2).plan()
+    sender, receiver = random_graph(4, 9, seed=1)
+    x, y, w = randn([(4, plan.irreps_in1.dim), (9, plan.irreps_in2.dim), (9, plan.weight_numel)], torch.float64, 2)
+    return plan, x.requires_grad_(), y, w, sender, receiver
+
+
+def test_eager_calls_take_the_function_and_match_the_op():
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    args = (x, y, w, sender, receiver, None, plan.plan_list, plan.cg_list, False)
+    fast, op = conv(*args), conv.op(*args)
+    assert "_conv_function" in type(fast.grad_fn).__name__ and "_conv_function" not in type(op.grad_fn).__name__
+    torch.testing.assert_close(fast, op, rtol=0, atol=0)
+    grads = [torch.autograd.grad(out.square().sum(), x)[0] for out in (fast, op)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_keyword_arguments_bind():
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    out = conv(x, y, w, sender, receiver, sender_perm=None, plan=plan.plan_list, cg=plan.cg_list, deterministic=False)
+    torch.testing.assert_close(out, conv(x, y, w, sender, receiver, None, plan.plan_list, plan.cg_list, False))
+
+
+def test_tracing_takes_the_registered_op():
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(t) for t in (x, y, w, sender, receiver)]
+        out = conv(*fake[:3], *fake[3:], None, plan.plan_list, plan.cg_list, False)
+    assert out.shape == (4, plan.irreps_out.dim) and type(out).__name__ == "FakeTensor"
+
+
+def test_per_element_linear_chain():
+    x, weight = randn([(5, 3, 2), (4, 3, 6)], torch.float64, 3)
+    element = torch.tensor([0, 3, 3, 1, 0])
+    x.requires_grad_()
+    weight.requires_grad_()
+    outs = [fn(x, element, weight, 0.5) for fn in (element_linear, element_linear.op)]
+    firsts = [torch.autograd.grad(out.square().sum(), [x, weight], create_graph=True) for out in outs]
+    seconds = [torch.autograd.grad(sum(g.square().sum() for g in first), [x, weight]) for first in firsts]
+    for a, b in zip(firsts[0] + seconds[0], firsts[1] + seconds[1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_an_op_without_a_derivative_says_so():
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    grad_out = torch.randn(4, plan.irreps_out.dim, dtype=torch.float64, requires_grad=True)
+    empty = x.new_empty(0)
+    grads = conv_double_backward(x.detach(), empty, empty, grad_out, x, y, w, sender, receiver, None, plan.plan_list,
+                                 plan.cg_list, False, [True, True, False, True])
+    with pytest.raises(RuntimeError, match="conv_double_backward has no derivative"):
+        torch.autograd.grad(grads[0].sum(), grad_out)
