@@ -75,7 +75,11 @@ class SphericalHarmonics(torch.nn.Module):
         if x.dim() == 0 or x.shape[-1] != 3:
             raise ValueError("SphericalHarmonics: x must have shape [..., 3], got " + str(list(x.shape)))
         batch = x.shape[:-1]
-        sh = _sh_op(x.reshape(-1, 3), self._ls_list, self.normalize, self.normalization)  # [n, irreps_out.dim]
+        if torch.jit.is_scripting():
+            sh = torch.ops.batmobile.spherical_harmonics(x.reshape(-1, 3), self._ls_list, self.normalize,
+                                                         self.normalization)  # [n, irreps_out.dim]
+        else:  # eager: without the custom-op layers (ops/_eager.py)
+            sh = _sh_op(x.reshape(-1, 3), self._ls_list, self.normalize, self.normalization)
         return sh.reshape(batch + (sh.shape[-1],))
 
     def extra_repr(self) -> str:

@@ -134,5 +134,8 @@ class TensorProduct(TensorProductBase):
             w = x.new_zeros(0)
         elif per_sample:
             w = w.expand(batch + (self.weight_numel,)).reshape(n, self.weight_numel)  # [n, weight_numel]
-        out = _tp_op(x, y, w, self._plan, self._cg)  # [n, irreps_out.dim]
+        if torch.jit.is_scripting():
+            out = torch.ops.batmobile.tensor_product(x, y, w, self._plan, self._cg)  # [n, irreps_out.dim]
+        else:  # eager: without the custom-op layers (ops/_eager.py)
+            out = _tp_op(x, y, w, self._plan, self._cg)
         return out.reshape(batch + (out.shape[-1],))

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import _backend
 from ..reference.spherical_harmonics import L_MAX_TABLE
-from . import _checks
+from . import _checks, _eager
 
 OP = "spherical_harmonics"
 
@@ -16,23 +16,20 @@ def _n_out(ls: List[int]) -> int:
     return sum(2 * l + 1 for l in ls)
 
 
-@torch.library.custom_op("batmobile::spherical_harmonics", mutates_args=())
-def spherical_harmonics(vectors: Tensor, ls: List[int], normalize: bool, normalization: str) -> Tensor:
+def _spherical_harmonics(vectors: Tensor, ls: List[int], normalize: bool, normalization: str) -> Tensor:
     """e3nn's spherical harmonics of ``vectors [n, 3]`` for the degrees ``ls``: ``[n, sum(2l+1)]``."""
     _checks.spherical_harmonics(OP, vectors, ls, normalization, L_MAX_TABLE)
     return _backend.implementation(OP, vectors.device)(vectors, ls, normalize, normalization)
 
 
-@torch.library.custom_op("batmobile::spherical_harmonics_backward", mutates_args=())
-def spherical_harmonics_backward(grad_sh: Tensor, vectors: Tensor, ls: List[int], normalize: bool,
+def _spherical_harmonics_backward(grad_sh: Tensor, vectors: Tensor, ls: List[int], normalize: bool,
                                  normalization: str) -> Tensor:
     """Gradient w.r.t. ``vectors [n, 3]`` given ``grad_sh [n, sum(2l+1)]``."""
     _check_backward(grad_sh, vectors, ls, normalization)
     return _backend.implementation(OP + "_backward", vectors.device)(grad_sh, vectors, ls, normalize, normalization)
 
 
-@torch.library.custom_op("batmobile::spherical_harmonics_double_backward", mutates_args=())
-def spherical_harmonics_double_backward(grad_grad_vectors: Tensor, grad_sh: Tensor, vectors: Tensor, ls: List[int],
+def _spherical_harmonics_double_backward(grad_grad_vectors: Tensor, grad_sh: Tensor, vectors: Tensor, ls: List[int],
                                         normalize: bool, normalization: str) -> Tuple[Tensor, Tensor]:
     """Derivatives of ``<grad_grad_vectors, backward(grad_sh, vectors)>``: ``(grad_sh [n, k], vectors [n, 3])``."""
     _check_backward(grad_sh, vectors, ls, normalization)
@@ -47,19 +44,26 @@ def _check_backward(grad_sh, vectors, ls, normalization):
     _checks.same(OP, {"vectors": vectors, "grad_sh": grad_sh})
 
 
-@spherical_harmonics.register_fake
+_harmonics_op = torch.library.custom_op("batmobile::spherical_harmonics", _spherical_harmonics, mutates_args=())
+_backward_op = torch.library.custom_op("batmobile::spherical_harmonics_backward", _spherical_harmonics_backward,
+                                       mutates_args=())
+_double_backward_op = torch.library.custom_op("batmobile::spherical_harmonics_double_backward",
+                                              _spherical_harmonics_double_backward, mutates_args=())
+
+
+@_harmonics_op.register_fake
 def _(vectors, ls, normalize, normalization):
     _checks.spherical_harmonics(OP, vectors, ls, normalization, L_MAX_TABLE)
     return vectors.new_empty(vectors.shape[0], _n_out(ls))
 
 
-@spherical_harmonics_backward.register_fake
+@_backward_op.register_fake
 def _(grad_sh, vectors, ls, normalize, normalization):
     _check_backward(grad_sh, vectors, ls, normalization)
     return torch.empty_like(vectors)
 
 
-@spherical_harmonics_double_backward.register_fake
+@_double_backward_op.register_fake
 def _(grad_grad_vectors, grad_sh, vectors, ls, normalize, normalization):
     _check_backward(grad_sh, vectors, ls, normalization)
     return torch.empty_like(grad_sh), torch.empty_like(vectors)
@@ -73,7 +77,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_sh):
     (vectors,) = ctx.saved_tensors
-    return spherical_harmonics_backward(grad_sh.contiguous(), vectors, *ctx.args), None, None, None
+    backward = _eager.pick(ctx, spherical_harmonics_backward)
+    return backward(grad_sh.contiguous(), vectors, *ctx.args), None, None, None
 
 
 def _setup_backward(ctx, inputs, output):
@@ -84,10 +89,15 @@ def _setup_backward(ctx, inputs, output):
 
 def _backward_backward(ctx, grad_grad_vectors):
     grad_sh, vectors = ctx.saved_tensors
-    grad_grad_sh, grad_vectors = spherical_harmonics_double_backward(grad_grad_vectors.contiguous(), grad_sh, vectors,
-                                                                     *ctx.args)
+    double_backward = _eager.pick(ctx, spherical_harmonics_double_backward)
+    grad_grad_sh, grad_vectors = double_backward(grad_grad_vectors.contiguous(), grad_sh, vectors, *ctx.args)
     return grad_grad_sh, grad_vectors, None, None, None
 
 
-spherical_harmonics.register_autograd(_backward, setup_context=_setup)
-spherical_harmonics_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
+_harmonics_op.register_autograd(_backward, setup_context=_setup)
+_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
+# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+spherical_harmonics = _eager.fast_path(_harmonics_op, _spherical_harmonics, _setup, _backward)
+spherical_harmonics_backward = _eager.fast_path(_backward_op, _spherical_harmonics_backward, _setup_backward,
+                                                _backward_backward)
+spherical_harmonics_double_backward = _eager.fast_path(_double_backward_op, _spherical_harmonics_double_backward)

@@ -6,21 +6,19 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from . import _checks, _plan, _trilinear
+from . import _checks, _eager, _plan, _trilinear
 
 OP = "tensor_product"
 
 
-@torch.library.custom_op("batmobile::tensor_product", mutates_args=())
-def tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg: List[float]) -> Tensor:
+def _tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg: List[float]) -> Tensor:
     """``in1 [batch, dim_in1]`` x ``in2 [batch, dim_in2]`` with ``weight [batch, weight_numel]`` or
     ``[weight_numel]`` -> ``[batch, dim_out]``; ``plan`` and ``cg`` from ``make_plan``."""
     _checks.tensor_product(OP, in1, in2, weight, plan, cg)
     return _backend.implementation(OP, in1.device)(in1, in2, weight, plan, cg)
 
 
-@torch.library.custom_op("batmobile::tensor_product_backward", mutates_args=())
-def tensor_product_backward(grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int],
+def _tensor_product_backward(grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int],
                             cg: List[float], needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``(in1, in2, weight)``; those not asked for in ``needs`` come back empty."""
     _check_backward(grad_out, in1, in2, weight, plan, cg, needs)
@@ -35,13 +33,18 @@ def _check_backward(grad_out, in1, in2, weight, plan, cg, needs):
         raise ValueError(f"batmobile.{OP}: grad_out must be [batch, dim_out] and needs 3 booleans")
 
 
-@tensor_product.register_fake
+_tensor_product_op = torch.library.custom_op("batmobile::tensor_product", _tensor_product, mutates_args=())
+_backward_op = torch.library.custom_op("batmobile::tensor_product_backward", _tensor_product_backward,
+                                       mutates_args=())
+
+
+@_tensor_product_op.register_fake
 def _(in1, in2, weight, plan, cg):
     _checks.tensor_product(OP, in1, in2, weight, plan, cg)
     return in1.new_empty(in1.shape[0], _plan.dims(plan)[2])
 
 
-@tensor_product_backward.register_fake
+@_backward_op.register_fake
 def _(grad_out, in1, in2, weight, plan, cg, needs):
     _check_backward(grad_out, in1, in2, weight, plan, cg, needs)
     return tuple(torch.empty_like(t) if n else t.new_empty(0) for t, n in zip((in1, in2, weight), needs))
@@ -56,7 +59,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad_out):
     in1, in2, weight = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:3])
-    grads = tensor_product_backward(grad_out.contiguous(), in1, in2, weight, *ctx.args, needs)
+    grads = _eager.pick(ctx, tensor_product_backward)(grad_out.contiguous(), in1, in2, weight, *ctx.args, needs)
     return *(g if n else None for g, n in zip(grads, needs)), None, None
 
 
@@ -72,14 +75,19 @@ def _backward_backward(ctx, grad_in1, grad_in2, grad_weight):
     plan, cg = ctx.args
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_in1, grad_in2, grad_weight), ctx.computed)]
     plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
+    forward, backward = _eager.pick(ctx, tensor_product), _eager.pick(ctx, tensor_product_backward)
     grads = _trilinear.double_backward(
-        lambda a, b, c: tensor_product(a, b, c, plan, cg),
-        lambda g, a, b, c, needs: tensor_product_backward(g, a, b, c, plan, cg, needs),
+        lambda a, b, c: forward(a, b, c, plan, cg),
+        lambda g, a, b, c, needs: backward(g, a, b, c, plan, cg, needs),
         grad_out, in1, in2, weight, cotangents, list(ctx.needs_input_grad[:4]),
-        lambda a, b, c: tensor_product(a, b, c, plan_c, cg),
-        lambda g, a, b, c, needs: tensor_product_backward(g, a, b, c, plan_c, cg, needs))
+        lambda a, b, c: forward(a, b, c, plan_c, cg),
+        lambda g, a, b, c, needs: backward(g, a, b, c, plan_c, cg, needs))
     return *grads, None, None, None
 
 
-tensor_product.register_autograd(_backward, setup_context=_setup)
-tensor_product_backward.register_autograd(_backward_backward, setup_context=_setup_backward)
+_tensor_product_op.register_autograd(_backward, setup_context=_setup)
+_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
+# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+tensor_product = _eager.fast_path(_tensor_product_op, _tensor_product, _setup, _backward)
+tensor_product_backward = _eager.fast_path(_backward_op, _tensor_product_backward, _setup_backward,
+                                           _backward_backward)

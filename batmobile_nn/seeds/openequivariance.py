@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..ops import conv, tensor_product
 from ._oeq_problem import TPProblem, torch_dtype
 
 
@@ -96,7 +97,9 @@ class TensorProduct(_ProblemModule):
 
     def forward(self, X: Tensor, Y: Tensor, W: Tensor) -> Tensor:
         W = self._inputs(X, Y, W, "batch")
-        return torch.ops.batmobile.tensor_product(X, Y, W, self._plan, self._cg)  # [batch, irreps_out.dim]
+        if torch.jit.is_scripting():
+            return torch.ops.batmobile.tensor_product(X, Y, W, self._plan, self._cg)  # [batch, irreps_out.dim]
+        return tensor_product(X, Y, W, self._plan, self._cg)  # eager: without the custom-op layers
 
 
 class TensorProductConv(_ProblemModule):
@@ -146,11 +149,13 @@ class TensorProductConv(_ProblemModule):
                 sender_perm: Optional[Tensor] = None) -> Tensor:
         W = self._inputs(X, Y, W, "n_edges")
         if self.kahan:  # float64 products and sums, one rounding to float32 at the end
-            out = torch.ops.batmobile.conv(X.double(), Y.double(), W.double(), cols, rows, sender_perm, self._plan,
-                                           self._cg, True)
-            return out.to(X.dtype)  # [n_nodes, irreps_out.dim]
-        return torch.ops.batmobile.conv(X, Y, W, cols, rows, sender_perm, self._plan, self._cg,
-                                        self.deterministic)  # [n_nodes, irreps_out.dim]
+            X, Y, W = X.double(), Y.double(), W.double()
+        deterministic = True if self.kahan else self.deterministic
+        if torch.jit.is_scripting():
+            out = torch.ops.batmobile.conv(X, Y, W, cols, rows, sender_perm, self._plan, self._cg, deterministic)
+        else:  # eager: without the custom-op layers (ops/_eager.py)
+            out = conv(X, Y, W, cols, rows, sender_perm, self._plan, self._cg, deterministic)
+        return out.float() if self.kahan else out  # [n_nodes, irreps_out.dim]
 
 
 __all__ = ["TPProblem", "TensorProduct", "TensorProductConv"]
