@@ -114,6 +114,56 @@ def _edge_loads(spec: UvuSpec, guard: str) -> List[str]:
     return lines
 
 
+# the backward kernels' head: a block per receiver node (grid-stride), a thread per channel, the node's
+# output-gradient row
+_RECEIVER_LOOP_WITH_GRAD_OUT = [
+    "  const int u = threadIdx.x, lane = u & 31, warp = u >> 5;",
+    "  const bool active = u < M;  // inactive lanes still take part in the warp reductions",
+    "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {",
+    "    const T* go = grad_out + node * DIM_OUT;"]
+
+
+def _row_store(spec: UvuSpec, accumulators: str, row: str, indent: str) -> List[str]:
+    """``row[column] = sum of the accumulators of the instructions writing that column`` (e3nn allows several
+    instructions per output irrep; they add up)."""
+    slots: Dict[Tuple[int, int, int], List[str]] = {}
+    for n, ins in enumerate(spec.instructions):
+        do = 2 * ins[5] + 1
+        for k in range(do):
+            slots.setdefault((ins[4], do, k), []).append(f"{accumulators}_{n}_{k}")
+    return [f"{indent}{row}[{off} + u * {do} + {k}] = {' + '.join(names)};" for (off, do, k), names in sorted(slots.items())]
+
+
+def _in1_store(spec: UvuSpec, values: str, dest: str, row: str, atomic: bool, indent: str) -> List[str]:
+    """The thread's in1-gradient values (``<values>_<offset>_<i>``) into ``dest`` (through the pointer ``row``):
+    added with atomics at the edge's sender row (``s``) of an ``[n_nodes, DIM1]`` tensor, or written to the
+    edge's row (``e``)."""
+    lines = [f"{indent}if ({dest} && active) {{", f"{indent}  T* {row} = {dest} + {'s' if atomic else 'e'} * DIM1;"]
+    for off, l1 in sorted({(ins[0], ins[1]) for ins in spec.instructions}):
+        d1 = 2 * l1 + 1
+        lines += [f"{indent}  atomicAdd({row} + {off} + u * {d1} + {i}, {values}_{off}_{i});" if atomic else
+                  f"{indent}  {row}[{off} + u * {d1} + {i}] = {values}_{off}_{i};" for i in range(d1)]
+    return lines + [f"{indent}}}"]
+
+
+def _dim2_store(spec: UvuSpec, values: str, dest: str, atomic: bool, indent: str) -> List[str]:
+    """The harmonics' gradient (``<values>_<j>``) summed over the channels: per warp by a reduce-scatter (lane
+    ``L`` ends with one component), then written as ``[n_edges, WARPS, DIM2]`` partial sums that the caller adds
+    in a fixed order, or, ``atomic`` with several warps, added into ``[n_edges, DIM2]``."""
+    dim2 = spec.dims[1]
+    store = ("atomicAdd({dest} + e * DIM2 + j, reduced);" if atomic and spec.warps > 1 else
+             "{dest}[(e * WARPS + warp) * DIM2 + j] = reduced;").format(dest=dest)
+    lines = [f"{indent}if ({dest}) {{"]
+    for start in range(0, dim2, 32):
+        group = [f"{values}_{j}" for j in range(start, min(dim2, start + 32))]
+        reduce_lines, shift = _reduce_scatter(group, indent + "  ")
+        lines += [f"{indent}  {{"] + reduce_lines + [
+            f"{indent}  const int j = {start} + (lane >> {shift});",
+            f"{indent}  if ((lane & {(1 << shift) - 1}) == 0 && j < {min(dim2, start + 32)}) {store}",
+            f"{indent}  }}"]
+    return lines + [f"{indent}}}"]
+
+
 def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1) -> str:
     lines = _header(spec, ctype) + [
         'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_fwd(',
@@ -137,15 +187,7 @@ def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1) -> str:
             by_k.setdefault(k, []).append(f"{_lit(c)} * (a_{off1}_{i} * b_{off2 + j})")
         for k, parts in sorted(by_k.items()):
             lines.append(f"      acc_{n}_{k} += w_{n} * ({' + '.join(parts)});")
-    lines += ["    }", "    T* o = out + node * DIM_OUT;"]
-    # instructions writing the same output irrep add up (e3nn allows several per output)
-    slots: Dict[Tuple[int, int, int], List[str]] = {}
-    for n, ins in enumerate(spec.instructions):
-        do = 2 * ins[5] + 1
-        for k in range(do):
-            slots.setdefault((ins[4], do, k), []).append(f"acc_{n}_{k}")
-    for (off, do, k), names in sorted(slots.items()):
-        lines.append(f"    o[{off} + u * {do} + {k}] = {' + '.join(names)};")
+    lines += ["    }", "    T* o = out + node * DIM_OUT;"] + _row_store(spec, "acc", "o", "    ")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -195,11 +237,7 @@ def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False) -> str:
         "    const T* __restrict__ grad_out, const T* __restrict__ x1, const T* __restrict__ x2,",
         "    const T* __restrict__ w, const i64* __restrict__ order, const i64* __restrict__ send,",
         "    const i64* __restrict__ row_ptr, T* __restrict__ g1_edge, T* __restrict__ g2_part,",
-        "    T* __restrict__ gw, i64 n_nodes) {",
-        "  const int u = threadIdx.x, lane = u & 31, warp = u >> 5;",
-        "  const bool active = u < M;  // inactive lanes still take part in the warp reductions",
-        "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {",
-        "    const T* go = grad_out + node * DIM_OUT;"]
+        "    T* __restrict__ gw, i64 n_nodes) {"] + _RECEIVER_LOOP_WITH_GRAD_OUT
     for n, ins in enumerate(spec.instructions):
         do = 2 * ins[5] + 1
         lines += [f"    const T g_{n}_{k} = active ? go[{ins[4]} + u * {do} + {k}] : T(0);" for k in range(do)]
@@ -223,25 +261,7 @@ def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False) -> str:
             lines.append(f"      ga_{off1}_{i} += w_{n} * ({' + '.join(parts)});")
         for j, parts in sorted(gb.items()):
             lines.append(f"      gb_{j} += w_{n} * ({' + '.join(parts)});")
-    lines.append("      if (g1_edge && active) {")
-    lines.append(f"        T* g1 = g1_edge + {'s' if g1_atomic else 'e'} * DIM1;")
-    for off, l1 in in1_segments:
-        d1 = 2 * l1 + 1
-        lines += [f"        atomicAdd(g1 + {off} + u * {d1} + {i}, ga_{off}_{i});" if g1_atomic else
-                  f"        g1[{off} + u * {d1} + {i}] = ga_{off}_{i};" for i in range(d1)]
-    lines.append("      }")
-    # the harmonics' gradient sums over channels: per warp by a reduce-scatter (lane L ends with one
-    # component), written as [n_edges, WARPS, DIM2] partial sums that the caller adds in a fixed order
-    lines.append("      if (g2_part) {")
-    for start in range(0, dim2, 32):
-        group = [f"gb_{j}" for j in range(start, min(dim2, start + 32))]
-        reduce_lines, shift = _reduce_scatter(group, "        ")
-        lines.append("        {")
-        lines += reduce_lines
-        lines += [f"        const int j = {start} + (lane >> {shift});",
-                  f"        if ((lane & {(1 << shift) - 1}) == 0 && j < {min(dim2, start + 32)}) " +
-                  ("atomicAdd(g2_part + e * DIM2 + j, reduced);" if g1_atomic and spec.warps > 1 else
-                   "g2_part[(e * WARPS + warp) * DIM2 + j] = reduced;"),
-                  "        }"]
-    lines += ["      }", "    }", "  }", "}"]
+    lines += _in1_store(spec, "ga", "g1_edge", "g1", g1_atomic, "      ")
+    lines += _dim2_store(spec, "gb", "g2_part", g1_atomic, "      ")
+    lines += ["    }", "  }", "}"]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,8 @@ else ``[n_edges, DIM1]`` per edge (for a fixed-order segment sum); ``d_b_part`` 
 
 from typing import Dict, List, Tuple
 
-from ._uvu_codegen import UvuSpec, _header, _lit, _reduce_scatter
+from ._uvu_codegen import (_RECEIVER_LOOP_WITH_GRAD_OUT, UvuSpec, _dim2_store, _header, _in1_store, _lit,
+                           _row_store)
 
 
 def _sum(parts: List[str]) -> str:
@@ -51,11 +52,7 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
         "    const T* __restrict__ w, const T* __restrict__ ga, const T* __restrict__ gb,",
         "    const T* __restrict__ gc, const i64* __restrict__ order, const i64* __restrict__ send,",
         "    const i64* __restrict__ row_ptr, T* __restrict__ d_g, T* __restrict__ d_a,",
-        "    T* __restrict__ d_b_part, T* __restrict__ d_c, i64 n_nodes) {",
-        "  const int u = threadIdx.x, lane = u & 31, warp = u >> 5;",
-        "  const bool active = u < M;  // inactive lanes still take part in the warp reductions",
-        "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {",
-        "    const T* go = grad_out + node * DIM_OUT;"]
+        "    T* __restrict__ d_b_part, T* __restrict__ d_c, i64 n_nodes) {"] + _RECEIVER_LOOP_WITH_GRAD_OUT
     for n, ins in enumerate(spec.instructions):
         do = 2 * ins[5] + 1
         if want_abc:
@@ -123,38 +120,16 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
                     ([f"cw_{n} * ({_sum(db_cw[j])})"] if j in db_cw else [])
             lines.append(f"      db_{j} += {' + '.join(parts)};")
     if want_abc and (has_gb or has_gc):
-        lines += ["      if (d_a && active) {", f"        T* da = d_a + {'s' if da_atomic else 'e'} * DIM1;"]
-        for off, l1 in in1_segments:
-            d1 = 2 * l1 + 1
-            lines += [f"        atomicAdd(da + {off} + u * {d1} + {i}, da_{off}_{i});" if da_atomic else
-                      f"        da[{off} + u * {d1} + {i}] = da_{off}_{i};" for i in range(d1)]
-        lines.append("      }")
-    if not want_abc:
-        pass
-    elif (has_ga or has_gc) and serial:
-        lines += ["      if (d_b_part) {"] + [f"        d_b_part[(e * WARPS + warp) * DIM2 + {j}] += db_{j};"
-                                              for j in range(dim2)] + ["      }"]
-    elif has_ga or has_gc:
-        lines.append("      if (d_b_part) {")
-        for start in range(0, dim2, 32):
-            group = [f"db_{j}" for j in range(start, min(dim2, start + 32))]
-            reduce_lines, shift = _reduce_scatter(group, "        ")
-            lines += ["        {"] + reduce_lines + [
-                f"        const int j = {start} + (lane >> {shift});",
-                f"        if ((lane & {(1 << shift) - 1}) == 0 && j < {min(dim2, start + 32)}) "
-                "d_b_part[(e * WARPS + warp) * DIM2 + j] = reduced;",
-                "        }"]
-        lines.append("      }")
+        lines += _in1_store(spec, "da", "d_a", "da", da_atomic, "      ")
+    if want_abc and (has_ga or has_gc):
+        if serial:
+            lines += ["      if (d_b_part) {"] + [f"        d_b_part[(e * WARPS + warp) * DIM2 + {j}] += db_{j};"
+                                                  for j in range(dim2)] + ["      }"]
+        else:
+            lines += _dim2_store(spec, "db", "d_b_part", False, "      ")
     lines.append("    }")
     if want_g:
-        lines += ["    if (d_g && active) {", "      T* o = d_g + node * DIM_OUT;"]
-        slots: Dict[Tuple[int, int, int], List[str]] = {}
-        for n, ins in enumerate(spec.instructions):
-            do = 2 * ins[5] + 1
-            for k in range(do):
-                slots.setdefault((ins[4], do, k), []).append(f"acc_{n}_{k}")
-        for (off, do, k), names in sorted(slots.items()):
-            lines.append(f"      o[{off} + u * {do} + {k}] = {' + '.join(names)};")
+        lines += ["    if (d_g && active) {", "      T* o = d_g + node * DIM_OUT;"] + _row_store(spec, "acc", "o", "      ")
         lines.append("    }")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"

@@ -36,12 +36,15 @@ def pick(ctx, call: Callable) -> Callable:
 
 def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
               backward: Optional[Callable] = None) -> Callable:
-    """A function with ``impl``'s signature that calls ``op`` (the custom op made of ``impl``) under
-    tracing, and otherwise an autograd.Function with ``impl`` as its forward and the op's
-    ``setup_context`` and ``backward`` (for an op without a derivative, a backward that raises)."""
+    """Registers ``setup_context`` and ``backward`` as ``op``'s autograd (``op`` is the custom op made of
+    ``impl``) and returns a function with ``impl``'s signature that calls ``op`` under tracing, and otherwise
+    an autograd.Function with ``impl`` as its forward and the same ``setup_context`` and ``backward`` (for an
+    op without a derivative, a backward that raises)."""
     signature = inspect.signature(impl)
     name = impl.__name__.lstrip("_")
-    if backward is None:  # an op without a derivative: differentiating it is an error, as for the op
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    else:  # an op without a derivative: differentiating it is an error, as for the op
         def setup_context(ctx, inputs, output):
             pass
 

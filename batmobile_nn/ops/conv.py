@@ -171,9 +171,8 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     return *grads, None, None, None, None, None, None, None
 
 
-_conv_op.register_autograd(_backward, setup_context=_setup)
-_conv_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
-# what the package calls (eager: an autograd.Function with the same chain; torch.compile: the ops)
+# the ops' autograd, and what the package calls (eager: an autograd.Function with the same chain;
+# tracing: the ops), ops/_eager.py
 conv = _eager.fast_path(_conv_op, _conv, _setup, _backward)
 conv_backward = _eager.fast_path(_conv_backward_op, _conv_backward, _setup_backward, _backward_backward)
 conv_double_backward = _eager.fast_path(_conv_double_backward_op, _conv_double_backward)

@@ -118,8 +118,7 @@ def _backward_outer(ctx, grad_out: Tensor):
     return grad_x, grad_y, None, None, None
 
 
-_element_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
-_element_outer_op.register_autograd(_backward_outer, setup_context=_setup_outer)
-# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+# the ops' autograd, and what the package calls (eager: an autograd.Function with the same chain;
+# tracing: the ops), ops/_eager.py
 element_linear = _eager.fast_path(_element_linear_op, _element_linear, _setup_linear, _backward_linear)
 element_outer = _eager.fast_path(_element_outer_op, _element_outer, _setup_outer, _backward_outer)

@@ -94,9 +94,8 @@ def _backward_backward(ctx, grad_grad_vectors):
     return grad_grad_sh, grad_vectors, None, None, None
 
 
-_harmonics_op.register_autograd(_backward, setup_context=_setup)
-_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
-# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+# the ops' autograd, and what the package calls (eager: an autograd.Function with the same chain;
+# tracing: the ops), ops/_eager.py
 spherical_harmonics = _eager.fast_path(_harmonics_op, _spherical_harmonics, _setup, _backward)
 spherical_harmonics_backward = _eager.fast_path(_backward_op, _spherical_harmonics_backward, _setup_backward,
                                                 _backward_backward)

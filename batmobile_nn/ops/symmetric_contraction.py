@@ -181,9 +181,8 @@ def _backward_backward(ctx, grad_grad_x, grad_grad_weight):
     return d_grad_out, d_x, None, d_weight, [None] * len(u), None, None
 
 
-_symmetric_contraction_op.register_autograd(_backward, setup_context=_setup)
-_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
-# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+# the ops' autograd, and what the package calls (eager: an autograd.Function with the same chain;
+# tracing: the ops), ops/_eager.py
 symmetric_contraction = _eager.fast_path(_symmetric_contraction_op, _symmetric_contraction, _setup, _backward)
 symmetric_contraction_backward = _eager.fast_path(_backward_op, _symmetric_contraction_backward, _setup_backward,
                                                   _backward_backward)

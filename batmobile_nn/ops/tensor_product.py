@@ -85,9 +85,8 @@ def _backward_backward(ctx, grad_in1, grad_in2, grad_weight):
     return *grads, None, None, None
 
 
-_tensor_product_op.register_autograd(_backward, setup_context=_setup)
-_backward_op.register_autograd(_backward_backward, setup_context=_setup_backward)
-# what the package calls (eager: an autograd.Function with the same chain, ops/_eager.py; tracing: the ops)
+# the ops' autograd, and what the package calls (eager: an autograd.Function with the same chain;
+# tracing: the ops), ops/_eager.py
 tensor_product = _eager.fast_path(_tensor_product_op, _tensor_product, _setup, _backward)
 tensor_product_backward = _eager.fast_path(_backward_op, _tensor_product_backward, _setup_backward,
                                            _backward_backward)
