@@ -40,6 +40,7 @@ import batmobile_nn  # noqa: F401  (before e3nn / mace: sets TORCH_FORCE_NO_WEIG
 import numpy as np
 import torch
 from ase.build import bulk
+from batmobile_nn.commands.bench import source_digest
 from e3nn import o3
 from mace import data as mace_data, modules
 from mace.tools import AtomicNumberTable, torch_geometric
@@ -273,7 +274,8 @@ def environment(device):
         return out.stdout.strip() if out.returncode == 0 else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {"device": name, "versions": versions, "git_revision": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "source_digest": source_digest(REPO)}  # the code that ran, where a copied tree's .git is stale
 
 
 def caught_notes(caught):

@@ -181,3 +181,20 @@ def test_results_of_other_revisions_name_their_code(tmp_path):
             {"benchmark": "bench_mace", "device": "GPU X", "git_revision": revision, "rows": [row]}))
     text = table.render(tmp_path)
     assert "**bench_mace** (GPU X, code a78a89a)" in text and "**bench_mace_small** (GPU X, code c173e69)" in text
+
+
+def test_source_digest_names_the_code_on_disk(tmp_path):
+    """The digest follows the source files' names and contents, ignores caches, and counts a linked folder once."""
+    from batmobile_nn.commands.bench import source_digest
+
+    (tmp_path / "batmobile_nn" / "ops").mkdir(parents=True)
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "batmobile_nn" / "ops" / "a.py").write_text("x = 1\n")
+    (tmp_path / "csrc" / "k.cu").write_text("// kernel\n")
+    first = source_digest(tmp_path)
+    (tmp_path / "batmobile_nn" / "__pycache__").mkdir()
+    (tmp_path / "batmobile_nn" / "__pycache__" / "a.py").write_text("cached")
+    (tmp_path / "batmobile_nn" / "_csrc").symlink_to(tmp_path / "csrc")
+    assert source_digest(tmp_path) == first
+    (tmp_path / "csrc" / "k.cu").write_text("// kernel, changed\n")
+    assert source_digest(tmp_path) != first

@@ -13,6 +13,7 @@ the device and versions are read by a short child process of the same Python.
 """
 
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -148,14 +149,35 @@ def _git(root, *args):
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+SOURCE_FOLDERS = ("batmobile_nn", "csrc", "scripts")
+SOURCE_SUFFIXES = (".py", ".cu", ".cuh", ".cpp", ".h", ".json", ".sh")
+
+
+def source_digest(root) -> str:
+    """16 hex digits of sha256 over the source files (names and contents) as they are on disk. It names the
+    code a result came from where git's metadata does not: a GPU machine that runs a copy of the working
+    tree may carry a stale ``.git`` (results of 2026-12-01 recorded an older commit than the one that ran).
+    Check a result against a commit by checking the commit out and computing this again."""
+    root = pathlib.Path(root)
+    digest = hashlib.sha256()
+    for folder in SOURCE_FOLDERS:
+        paths = [p for p in (root / folder).rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
+                 and not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(root).parts)]
+        for path in sorted(paths):
+            if any(parent.is_symlink() for parent in path.relative_to(root).parents if str(parent) != "."):
+                continue  # batmobile_nn/_csrc is a link to csrc/: counted once, there
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def git_info(root):
     revision = _git(root, "rev-parse", "HEAD")
     if revision is None:
-        return {"revision": None, "short": "nogit", "dirty": None, "branch": None}
+        return {"revision": None, "short": "nogit", "dirty": None, "branch": None, "source_digest": source_digest(root)}
     status = _git(root, "status", "--porcelain", "--untracked-files=no")
     return {"revision": revision, "short": _git(root, "rev-parse", "--short", "HEAD") or revision[:7],
             "dirty": bool(status) if status is not None else None,
-            "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD")}
+            "branch": _git(root, "rev-parse", "--abbrev-ref", "HEAD"), "source_digest": source_digest(root)}
 
 
 def probe_environment(root, env):
