@@ -109,7 +109,7 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
             parts = ([f"w_{n} * ({_sum(dg_w[k])})"] if k in dg_w else []) + \
                     ([f"cw_{n} * ({_sum(dg_cw[k])})"] if k in dg_cw else [])
             lines.append(f"      acc_{n}_{k} += {' + '.join(parts)};")
-        if dc:
+        if want_abc and (has_ga or has_gb):  # every column, also where the path's coefficients are all zero
             lines.append(f"      if (d_c && active) d_c[e * WNUMEL + {ins[6]} + u] = {_sum(dc)};")
         for i in sorted(set(da_w) | set(da_cw)):
             parts = ([f"w_{n} * ({_sum(da_w[i])})"] if i in da_w else []) + \

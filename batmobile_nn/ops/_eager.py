@@ -5,10 +5,11 @@ the autograd wrapper, a redispatch, output alias checks) before it reaches our i
 CPU of this project's VM, 281 µs per call of the convolution with MACE-MP-medium's plan (its lists of
 125 ints and 402 floats are converted at every crossing) against 48 µs for a ``torch.autograd.Function``
 running the same checks and implementation. A MACE training step makes 26 such calls and is host-bound
-at 1,000 atoms, so eager calls take the Function; under ``torch.compile`` and other tracing the op
-itself is called (it has the fake implementation the compiler needs), and TorchScript calls
-``torch.ops.batmobile.*``. Both paths run the same implementation, ``setup_context`` and backward (one
-autograd chain); the backward calls the fast paths or the ops as its forward did (``pick``).
+at 1,000 atoms, so eager calls take the Function. Under ``torch.compile``, ``torch.jit.trace`` and other
+tracing the op itself is called (it has the fake implementation the compiler needs), and so for meta
+tensors, tensor subclasses and fx proxies; TorchScript compiles a call of these functions as the op.
+Both paths run the same implementation, ``setup_context`` and backward (one autograd chain); the
+backward calls the fast paths or the ops as its forward did (``pick``).
 """
 
 import functools
@@ -22,10 +23,26 @@ _TRACING_MODES = tuple(getattr(torch._C._TorchDispatchModeKey, name)
 
 
 def _tracing() -> bool:
-    """Under torch.compile, or inside a fake / proxy / functional tracing mode (AOT autograd, make_fx, export):
-    places where only the registered op (with its fake implementation) can run."""
-    return torch.compiler.is_compiling() or any(torch._C._get_dispatch_mode(key) is not None
-                                                for key in _TRACING_MODES)
+    """Under torch.compile or torch.jit.trace, or inside a fake / proxy / functional tracing mode (AOT autograd,
+    make_fx, export): places where only the registered op (with its fake implementation) may run."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or any(torch._C._get_dispatch_mode(key) is not None for key in _TRACING_MODES))
+
+
+def _plain(args) -> bool:
+    """Whether every tensor argument (lists included) is a plain tensor or parameter off the meta device: not
+    a tensor subclass, an fx Proxy or a meta tensor, which the op's fake implementation serves."""
+    for arg in args:
+        items = arg if isinstance(arg, (list, tuple)) else (arg,)
+        for item in items:
+            if isinstance(item, torch.fx.Proxy):
+                return False
+            if isinstance(item, torch.Tensor) and (type(item) not in _PLAIN_TENSORS or item.is_meta):
+                return False
+    return True
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def pick(ctx, call: Callable) -> Callable:
@@ -68,13 +85,17 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
 
     @functools.wraps(impl)
     def call(*args, **kwargs):
-        if _tracing():
-            return op(*args, **kwargs)
         if kwargs:  # autograd.Function.apply takes positional arguments only
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             args = bound.args
+        if _tracing() or not _plain(args):
+            return op(*args)
         return function.apply(*args)
 
     call.op = op  # the registered op (torch.ops.batmobile.<name>), for opcheck and torch.compile
+    try:  # TorchScript compiles a call of this function as the op (private API: without it, scripting fails)
+        torch.jit._builtins._register_builtin(call, getattr(op, "_qualname", f"batmobile::{name}"))
+    except AttributeError:
+        pass
     return call

@@ -203,6 +203,20 @@ def test_output_over_2_31_elements():
 def test_fused_double_backward(has, deterministic, dtype):
     """The fused double-backward kernel (MACE's convolutions) against the reference's composition, for
     cotangents present or absent and every gradient asked for (grad_out included)."""
+    _fused_double_backward(has, deterministic, dtype, [True] * 4)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-kernel", "two-kernels"])
+@pytest.mark.parametrize("needs", [[True, True, True, True], [False, True, True, True], [True, False, False, True],
+                                   [False, False, True, False]], ids=lambda n: "".join("gabc"[i] for i in range(4) if n[i]))
+def test_fused_double_backward_needs_and_split(needs, split, dtype, monkeypatch):
+    from batmobile_nn import _uvu
+
+    monkeypatch.setitem(_uvu.DOUBLE_BACKWARD_SPLIT, dtype, split)
+    _fused_double_backward((True, True, True), False, dtype, needs)
+
+
+def _fused_double_backward(has, deterministic, dtype, needs):
     from batmobile_nn import _uvu
     from batmobile_nn.ops.conv import conv_double_backward
 
@@ -216,16 +230,16 @@ def test_fused_double_backward(has, deterministic, dtype):
     raw[4:] = [t if h else t.new_empty(0) for t, h in zip(raw[4:], has)]
     graph = (sender, receiver, None)
     ours = conv_double_backward(*[t.to(dtype) for t in raw[4:]], *[t.to(dtype) for t in raw[:4]], *graph,
-                                plan.plan_list, plan.cg_list, deterministic, [True] * 4)
+                                plan.plan_list, plan.cg_list, deterministic, needs)
     rounded = [t.to(dtype).double() for t in raw]
     expected = reference.conv_double_backward(*rounded[4:], *rounded[:4], sender, receiver, plan.plan_list,
-                                              plan.cg_list, [True] * 4)
+                                              plan.cg_list, needs)
     for name, a, b in zip(("grad_out", "node_feats", "edge_attrs", "weight"), ours, expected):
         assert a.dtype == dtype and a.shape == b.shape, name
-        tolerance = RTOL[dtype] * 4 * max(float(b.abs().max()), 1.0)
-        assert float((a.double() - b).abs().max()) <= tolerance, name
-    assert not ours[0][3].any() and not ours[1][3].any(), "the isolated node 3 got a value"
+        tolerance = RTOL[dtype] * 4 * max(float(b.abs().max()) if b.numel() else 0.0, 1.0)
+        assert float((a.double() - b).abs().max()) <= tolerance if b.numel() else a.numel() == 0, name
+    assert (not needs[0] or not ours[0][3].any()) and (not needs[1] or not ours[1][3].any()), "isolated node 3"
     if deterministic:
         again = conv_double_backward(*[t.to(dtype) for t in raw[4:]], *[t.to(dtype) for t in raw[:4]], *graph,
-                                     plan.plan_list, plan.cg_list, deterministic, [True] * 4)
+                                     plan.plan_list, plan.cg_list, deterministic, needs)
         assert all(torch.equal(a, b) for a, b in zip(ours, again))

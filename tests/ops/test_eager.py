@@ -1,5 +1,8 @@
 """The ops' eager fast path (``batmobile_nn/ops/_eager.py``): eager calls take an autograd.Function with the
-op's chain, tracing takes the registered op, keyword arguments bind, and an op without a derivative says so."""
+op's chain; fake tensors, meta tensors, fx, torch.jit.trace and TorchScript take the registered op; keyword
+arguments bind; an op without a derivative says so."""
+
+from typing import List
 
 import pytest
 import torch
@@ -63,3 +66,43 @@ def test_an_op_without_a_derivative_says_so():
                                  plan.cg_list, False, [True, True, False, True])
     with pytest.raises(RuntimeError, match="conv_double_backward has no derivative"):
         torch.autograd.grad(grads[0].sum(), grad_out)
+
+
+class _ConvModule(torch.nn.Module):
+    def __init__(self, plan):
+        super().__init__()
+        self.plan, self.cg = plan.plan_list, plan.cg_list
+
+    def forward(self, x, y, w, sender, receiver):
+        return conv(x, y, w, sender, receiver, None, self.plan, self.cg, False)
+
+
+def test_torchscript_trace_records_the_op_and_saves(tmp_path):
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    traced = torch.jit.trace(_ConvModule(plan), (x.detach(), y, w, sender, receiver))
+    assert "batmobile::conv" in str(traced.graph)
+    torch.jit.save(traced, str(tmp_path / "conv.pt"))
+    loaded = torch.jit.load(str(tmp_path / "conv.pt"))
+    torch.testing.assert_close(loaded(x.detach(), y, w, sender, receiver), _ConvModule(plan)(x.detach(), y, w, sender,
+                                                                                          receiver))
+
+
+def _scripted_conv(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sender: torch.Tensor, receiver: torch.Tensor,
+                   plan: List[int], cg: List[float]) -> torch.Tensor:
+    return conv(x, y, w, sender, receiver, None, plan, cg, False)
+
+
+def test_torchscript_script_compiles_the_function_as_the_op():
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    scripted = torch.jit.script(_scripted_conv)
+    assert "batmobile::conv" in str(scripted.graph)
+    torch.testing.assert_close(scripted(x, y, w, sender, receiver, plan.plan_list, plan.cg_list),
+                               _scripted_conv(x, y, w, sender, receiver, plan.plan_list, plan.cg_list))
+
+
+def test_meta_tensors_and_fx_take_the_op():
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    meta = [t.detach().to("meta") for t in (x, y, w, sender, receiver)]
+    assert conv(*meta, None, plan.plan_list, plan.cg_list, False).shape == (4, plan.irreps_out.dim)
+    graph = torch.fx.symbolic_trace(_ConvModule(plan)).graph
+    assert any("batmobile" in str(node.target) for node in graph.nodes if node.op == "call_function")
