@@ -2,9 +2,9 @@
 
 A ``torch.library.custom_op`` call goes through the dispatcher's Python layers (argument conversion,
 the autograd wrapper, a redispatch, output alias checks) before it reaches our implementation: on the
-CPU of this project's VM, 281 µs per call of the convolution with MACE-MP-medium's plan (its lists of
-125 ints and 402 floats are converted at every crossing) against 48 µs for a ``torch.autograd.Function``
-running the same checks and implementation. A MACE training step makes 26 such calls and is host-bound
+CPU of this project's VM, 270 µs per call of the convolution with MACE-MP-medium's plan (its lists of
+125 ints and 402 floats are converted at every crossing) against 43 µs for a ``torch.autograd.Function``
+running the same checks and implementation (a dummy kernel, so this is the host's cost alone). A MACE training step makes 26 such calls and is host-bound
 at 1,000 atoms, so eager calls take the Function. Under ``torch.compile``, ``torch.jit.trace`` and other
 tracing the op itself is called (it has the fake implementation the compiler needs), and so for meta
 tensors, tensor subclasses and fx proxies; TorchScript compiles a call of these functions as the op.
@@ -33,12 +33,13 @@ def _plain(args) -> bool:
     """Whether every tensor argument (lists included) is a plain tensor or parameter off the meta device: not
     a tensor subclass, an fx Proxy or a meta tensor, which the op's fake implementation serves."""
     for arg in args:
-        items = arg if isinstance(arg, (list, tuple)) else (arg,)
-        for item in items:
-            if isinstance(item, torch.fx.Proxy):
+        if isinstance(arg, (list, tuple)):  # a schema's lists hold one type: look inside lists of tensors only
+            if arg and isinstance(arg[0], (torch.Tensor, torch.fx.Proxy)) and not _plain(arg):
                 return False
-            if isinstance(item, torch.Tensor) and (type(item) not in _PLAIN_TENSORS or item.is_meta):
-                return False
+        elif isinstance(arg, torch.fx.Proxy):
+            return False
+        elif isinstance(arg, torch.Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.is_meta):
+            return False
     return True
 
 
@@ -69,9 +70,11 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
             raise RuntimeError(f"batmobile::{name} has no derivative of its own (a backward that builds a graph "
                                "composes differentiable ops where the op supports higher derivatives)")
 
-    def eager_setup_context(ctx, inputs, output):
-        setup_context(ctx, inputs, output)
+    def forward(ctx, *args):  # one forward with ctx: a separate setup_context costs a signature bind per call
+        output = impl(*args)
+        setup_context(ctx, args, output)
         ctx.eager = True  # the backward then calls the fast paths too (``pick``)
+        return output
 
     def eager_backward(ctx, *grads):
         # a custom op's backward gives a list of Nones for a list-of-tensors input (u of the symmetric
@@ -80,8 +83,7 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
                      for g in backward(ctx, *grads))
 
     function = type(f"{impl.__name__}_function", (torch.autograd.Function,), {
-        "forward": staticmethod(impl), "setup_context": staticmethod(eager_setup_context),
-        "backward": staticmethod(eager_backward)})
+        "forward": staticmethod(forward), "backward": staticmethod(eager_backward)})
 
     @functools.wraps(impl)
     def call(*args, **kwargs):
