@@ -154,7 +154,11 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     graph = (sender, receiver, sender_perm)
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_node, grad_edge, grad_weight), ctx.computed)]
     if not torch.is_grad_enabled():  # no graph of this backward is built (training on forces): one fused op
-        needs = list(ctx.needs_input_grad[:4])
+        ga, gb, gc = (g is not None for g in cotangents)
+        reached = (ga or gb or gc, gb or gc, ga or gc, ga or gb)  # which gradients a cotangent reaches (zero else)
+        needs = [need and reach for need, reach in zip(ctx.needs_input_grad[:4], reached)]
+        if not any(needs):
+            return None, None, None, None, None, None, None, None, None, None, None
         empty = node_feats.new_empty(0)
         grads = _eager.pick(ctx, conv_double_backward)(*(empty if g is None else g for g in cotangents), grad_out,
                                                        node_feats, edge_attrs, weight, *graph, plan, cg,

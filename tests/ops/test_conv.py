@@ -179,3 +179,23 @@ def test_double_backward_op_checks_its_inputs():
         conv_double_backward(x.float(), empty, empty, *args, [True] * 4)
     grads = conv_double_backward(empty, empty, empty, *args, [True, False, True, True])
     assert [g.shape for g in grads] == [grad_out.shape, (0,), y.shape, w.shape] and not any(g.any() for g in grads)
+
+
+@pytest.mark.parametrize("wrt", [(0,), (1,), (2,), (0, 2)], ids=str)
+def test_double_backward_with_some_cotangents(wrt, dtype):
+    """Only some inputs differentiated twice: the op computes the gradients a cotangent reaches, the rest is zero."""
+    problem = scaled(MACE_PROBLEMS[1], 3)
+    sender, receiver = random_graph(N_NODES, N_EDGES, seed=12)
+    raw = [x.to(dtype) for x in _raw(problem, N_NODES, N_EDGES)]
+    results = []
+    for create_graph in (False, True):
+        inputs = [x.detach().clone().requires_grad_(i in wrt) for i, x in enumerate(raw)]
+        out = _ours(problem, sender, receiver)(*inputs)
+        grad_out, *projections = randn([out.shape] + [x.shape for x in inputs], dtype, 13)
+        leaves = [inputs[i] for i in wrt]
+        grads = torch.autograd.grad(out, leaves, grad_out, create_graph=True)
+        projection = sum((g * projections[i]).sum() for g, i in zip(grads, wrt))
+        second = torch.autograd.grad(projection, leaves, create_graph=create_graph, allow_unused=True)
+        results.append([torch.zeros_like(x) if g is None else g.detach() for g, x in zip(second, leaves)])
+    for fused, composed in zip(*results):
+        torch.testing.assert_close(fused, composed, rtol=0, atol=0)
