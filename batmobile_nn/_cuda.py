@@ -262,13 +262,10 @@ def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_gr
     uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
     if uvu is None:
         graph = (sender, receiver, sender_perm)
-        plan_c = _plan.weighted_part(plan)
-        grads = _trilinear.double_backward(
-            lambda a, b, c: conv(a, b, c, *graph, plan, cg, deterministic),
-            lambda g, a, b, c, n: conv_backward(g, a, b, c, *graph, plan, cg, deterministic, n),
-            grad_out, node_feats, edge_attrs, weight, cotangents, list(needs),
-            lambda a, b, c: conv(a, b, c, *graph, plan_c, cg, deterministic),
-            lambda g, a, b, c, n: conv_backward(g, a, b, c, *graph, plan_c, cg, deterministic, n))
+        grads = _trilinear.planned_double_backward(
+            lambda a, b, c, p: conv(a, b, c, *graph, p, cg, deterministic),
+            lambda g, a, b, c, p, n: conv_backward(g, a, b, c, *graph, p, cg, deterministic, n),
+            plan, grad_out, node_feats, edge_attrs, weight, cotangents, needs)
     else:
         n_nodes = node_feats.shape[0]
         order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
@@ -278,9 +275,7 @@ def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_gr
         if grads[1] is not None and not atomic:  # [n_edges, dim1] per edge -> [n_nodes, dim1] by sender
             sender_order, sender_ptr = _sender_graph(sender.long().contiguous(), n_nodes, sender_perm)
             grads[1] = _ops().segment_sum(grads[1], sender_order, sender_ptr)
-    likes = (grad_out, node_feats, edge_attrs, weight)
-    return tuple((torch.zeros_like(like) if g is None else g) if n else like.new_empty(0)
-                 for g, like, n in zip(grads, likes, needs))
+    return _trilinear.op_outputs(grads, (grad_out, node_feats, edge_attrs, weight), needs)
 
 
 # ---- spherical harmonics --------------------------------------------------------------------------

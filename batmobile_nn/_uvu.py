@@ -15,16 +15,13 @@ import torch
 from torch import Tensor
 
 from . import _backend, _jit, _uvu_codegen, _uvu_dbl_codegen
+from .ops import _trilinear
 
 _cache: Dict[tuple, Optional["UvuKernels"]] = {}
 enabled = os.environ.get("BATMOBILE_NN_UVU", "1") != "0"
 # edges in flight per forward loop iteration: 2 in float32 (H200, MACE-MP-medium, 170k edges: 1.23 -> 0.96 ms);
 # 1 in float64, whose registers are full at 1
 FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
-# the fused double backward as two kernels (d_g; d_a, d_b, d_c) with fewer registers each, or as one
-DOUBLE_BACKWARD_SPLIT = {torch.float32: False, torch.float64: False}
-if os.environ.get("BATMOBILE_NN_UVU_DBL_SPLIT"):
-    DOUBLE_BACKWARD_SPLIT = dict.fromkeys(DOUBLE_BACKWARD_SPLIT, os.environ["BATMOBILE_NN_UVU_DBL_SPLIT"] == "1")
 if os.environ.get("BATMOBILE_NN_UVU_UNROLL"):
     FORWARD_UNROLL = dict.fromkeys(FORWARD_UNROLL, int(os.environ["BATMOBILE_NN_UVU_UNROLL"]))
 
@@ -47,13 +44,13 @@ class UvuKernels:
             self._backward_atomic = _compile(source, "bm_uvu_bwd", self.device)
         return self._backward_atomic
 
-    def double_backward(self, has: Tuple[bool, bool, bool], da_atomic: bool, part: str) -> int:
-        """The fused double backward (``part`` of it) for the cotangents present (``has``), compiled on first use."""
+    def double_backward(self, has: Tuple[bool, bool, bool], da_atomic: bool) -> int:
+        """The fused double backward for the cotangents present (``has``), compiled on first use."""
         if self._double_backward is None:
             self._double_backward = {}
-        key = (tuple(has), da_atomic, part)
+        key = (tuple(has), da_atomic)
         if key not in self._double_backward:
-            source = _uvu_dbl_codegen.double_backward_source(self.spec, self.ctype, tuple(has), da_atomic, part)
+            source = _uvu_dbl_codegen.double_backward_source(self.spec, self.ctype, tuple(has), da_atomic)
             self._double_backward[key] = _compile(source, "bm_uvu_dbl", self.device)
         return self._double_backward[key]
 
@@ -136,13 +133,9 @@ def double_backward(k: UvuKernels, cotangents: List[Optional[Tensor]], grad_out:
     dim_out], in1 [n_nodes, dim1] (or [n_edges, dim1] per edge unless da_atomic), in2 [n_edges, dim2],
     weight [n_edges, weight_numel])`` of ``<cotangents, backward>``; None where not needed or zero."""
     dim1, dim2, dim_out, weight_numel = k.spec.dims
-    ga, gb, gc = cotangents
-    has = (ga is not None, gb is not None, gc is not None)
+    has = tuple(t is not None for t in cotangents)
     n_nodes, n_edges = in1.shape[0], in2.shape[0]
-    want_g = needs[0] and any(has)
-    want_a = needs[1] and (has[1] or has[2])
-    want_b = needs[2] and (has[0] or has[2])
-    want_c = needs[3] and (has[0] or has[1])
+    want_g, want_a, want_b, want_c = (need and reach for need, reach in zip(needs, _trilinear.reached(cotangents)))
     if not (want_g or want_a or want_b or want_c):
         return None, None, None, None
     new = in1.new_empty
@@ -155,15 +148,8 @@ def double_backward(k: UvuKernels, cotangents: List[Optional[Tensor]], grad_out:
     if n_nodes and n_edges:
         inputs = [grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(),
                   *(None if t is None else t.contiguous() for t in cotangents), order, send, row_ptr]
-        grid = min(n_nodes, _jit.MAX_GRID)
-        if DOUBLE_BACKWARD_SPLIT[in1.dtype] and want_g and (want_a or want_b or want_c):
-            _jit.launch(k.double_backward(has, da_atomic, "g"), grid, k.spec.threads,
-                        inputs + [d_g, None, None, None], [n_nodes])
-            _jit.launch(k.double_backward(has, da_atomic, "abc"), grid, k.spec.threads,
-                        inputs + [None, d_a, d_b, d_c], [n_nodes])
-        else:
-            _jit.launch(k.double_backward(has, da_atomic, "all"), grid, k.spec.threads,
-                        inputs + [d_g, d_a, d_b, d_c], [n_nodes])
+        _jit.launch(k.double_backward(has, da_atomic), min(n_nodes, _jit.MAX_GRID), k.spec.threads,
+                    inputs + [d_g, d_a, d_b, d_c], [n_nodes])
     elif d_g is not None:
         d_g.zero_()
     return d_g, d_a, None if d_b is None else d_b.sum(1), d_c

@@ -30,18 +30,12 @@ def _sum(parts: List[str]) -> str:
     return " + ".join(parts) if parts else "T(0)"
 
 
-PARTS = ("all", "g", "abc")
-
-
 def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, bool], da_atomic: bool,
-                           part: str = "all", serial: bool = False) -> str:
-    """``part``: "all" outputs in one kernel, or "g" (``d_g`` alone) and "abc" (``d_a, d_b, d_c``), two kernels
-    with fewer registers each (MACE-MP-medium, float32: 254 registers in one kernel) that read the inputs
-    twice. ``serial``: add the harmonics' gradient into ``d_b_part`` lane by lane instead of the warp
-    reduce-scatter, for running the source as C++ one channel at a time (tests/test_uvu_compiled_on_cpu.py)."""
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    want_g, want_abc = part in ("all", "g"), part in ("all", "abc")
+                           serial: bool = False) -> str:
+    """``serial``: add the harmonics' gradient into ``d_b_part`` lane by lane instead of the warp
+    reduce-scatter, for running the source as C++ one channel at a time (tests/test_uvu_compiled_on_cpu.py).
+    (One kernel: split into a ``d_g`` kernel and a ``d_a, d_b, d_c`` kernel of ~127 registers each, against
+    254 in one, MACE-MP-medium measured slower on an H200: csrc/README.md.)"""
     has_ga, has_gb, has_gc = has
     dim2 = spec.dims[1]
     in1_segments = sorted({(ins[0], ins[1]) for ins in spec.instructions})
@@ -55,10 +49,8 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
         "    T* __restrict__ d_b_part, T* __restrict__ d_c, i64 n_nodes) {"] + _RECEIVER_LOOP_WITH_GRAD_OUT
     for n, ins in enumerate(spec.instructions):
         do = 2 * ins[5] + 1
-        if want_abc:
-            lines += [f"    const T g_{n}_{k} = active ? go[{ins[4]} + u * {do} + {k}] : T(0);" for k in range(do)]
-        if want_g:
-            lines += [f"    T acc_{n}_{k} = T(0);" for k in range(do)]
+        lines += [f"    const T g_{n}_{k} = active ? go[{ins[4]} + u * {do} + {k}] : T(0);" for k in range(do)]
+        lines += [f"    T acc_{n}_{k} = T(0);" for k in range(do)]
     lines += ["    const i64 p_begin = row_ptr ? row_ptr[node] : node;",
               "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;",
               "    for (i64 p = p_begin; p < p_end; ++p) {",
@@ -101,15 +93,11 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
                 dg_cw.setdefault(k, []).append(f"{lit} * ({a} * {b})")
                 da_cw.setdefault(i, []).append(f"{lit} * ({b} * {g})")
                 db_cw.setdefault(off2 + j, []).append(f"{lit} * ({a} * {g})")
-        if not want_g:
-            dg_w, dg_cw = {}, {}
-        if not want_abc:
-            dc, da_w, da_cw, db_w, db_cw = [], {}, {}, {}, {}
         for k in sorted(set(dg_w) | set(dg_cw)):
             parts = ([f"w_{n} * ({_sum(dg_w[k])})"] if k in dg_w else []) + \
                     ([f"cw_{n} * ({_sum(dg_cw[k])})"] if k in dg_cw else [])
             lines.append(f"      acc_{n}_{k} += {' + '.join(parts)};")
-        if want_abc and (has_ga or has_gb):  # every column, also where the path's coefficients are all zero
+        if has_ga or has_gb:  # every column, also where the path's coefficients are all zero
             lines.append(f"      if (d_c && active) d_c[e * WNUMEL + {ins[6]} + u] = {_sum(dc)};")
         for i in sorted(set(da_w) | set(da_cw)):
             parts = ([f"w_{n} * ({_sum(da_w[i])})"] if i in da_w else []) + \
@@ -119,17 +107,14 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
             parts = ([f"w_{n} * ({_sum(db_w[j])})"] if j in db_w else []) + \
                     ([f"cw_{n} * ({_sum(db_cw[j])})"] if j in db_cw else [])
             lines.append(f"      db_{j} += {' + '.join(parts)};")
-    if want_abc and (has_gb or has_gc):
+    if has_gb or has_gc:
         lines += _in1_store(spec, "da", "d_a", "da", da_atomic, "      ")
-    if want_abc and (has_ga or has_gc):
+    if has_ga or has_gc:
         if serial:
             lines += ["      if (d_b_part) {"] + [f"        d_b_part[(e * WARPS + warp) * DIM2 + {j}] += db_{j};"
                                                   for j in range(dim2)] + ["      }"]
         else:
             lines += _dim2_store(spec, "db", "d_b_part", False, "      ")
-    lines.append("    }")
-    if want_g:
-        lines += ["    if (d_g && active) {", "      T* o = d_g + node * DIM_OUT;"] + _row_store(spec, "acc", "o", "      ")
-        lines.append("    }")
-    lines += ["  }", "}"]
+    lines += ["    }", "    if (d_g && active) {", "      T* o = d_g + node * DIM_OUT;"]
+    lines += _row_store(spec, "acc", "o", "      ") + ["    }", "  }", "}"]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """The generated fused double backward of the uvu convolution (``_uvu_dbl_codegen``), compiled as C++ and run
 on the CPU one channel at a time, against the reference's composed double backward: every combination of
-cotangents, the in1 gradient added at the senders (atomic mode) or written per edge, in one kernel or
-two (``part``), in float32 and float64. This checks the source's terms on any machine with a C++
+cotangents, the in1 gradient added at the senders (atomic mode) or written per edge, in float32 and
+float64. This checks the source's terms on any machine with a C++
 compiler; the GPU runs the kernel in ``tests/cuda/test_cuda_conv.py``."""
 
 import ctypes
@@ -55,13 +55,11 @@ def _graph(seed):
     return sender, receiver, order, sender[order].contiguous(), row_ptr
 
 
-def _fused(spec, dtype, has, atomic, split, folder, tensors, graph):
+def _fused(spec, dtype, has, atomic, folder, tensors, graph):
     grad_out, a, b, c, ga, gb, gc = tensors
     sender, _, order, send, row_ptr = graph
     ctype = "float" if dtype == torch.float32 else "double"
-    parts = ("g", "abc") if split else ("all",)
-    libraries = [_library(_uvu_dbl_codegen.double_backward_source(spec, ctype, has, atomic, part, serial=True),
-                          folder) for part in parts]
+    library = _library(_uvu_dbl_codegen.double_backward_source(spec, ctype, has, atomic, serial=True), folder)
     dim1, dim2, dim_out, wnumel = spec.dims
     has_ga, has_gb, has_gc = has
 
@@ -73,11 +71,9 @@ def _fused(spec, dtype, has, atomic, split, folder, tensors, graph):
     d_b = output((N_EDGES, spec.warps, dim2), False) if has_ga or has_gc else None  # serial: added into
     d_c = output((N_EDGES, wnumel), True) if has_ga or has_gb else None
     present = [t if h else None for t, h in zip((ga, gb, gc), has)]
-    for library in libraries:
-        for u in range(spec.threads):
-            library.set_thread(ctypes.c_longlong(u))
-            _call(library.bm_uvu_dbl, [grad_out, a, b, c, *present, order, send, row_ptr, d_g, d_a, d_b, d_c],
-                  [N_NODES])
+    for u in range(spec.threads):
+        library.set_thread(ctypes.c_longlong(u))
+        _call(library.bm_uvu_dbl, [grad_out, a, b, c, *present, order, send, row_ptr, d_g, d_a, d_b, d_c], [N_NODES])
     if d_a is not None and not atomic:
         d_a = torch.zeros(N_NODES, dim1, dtype=dtype).index_add_(0, sender, d_a)
     zeros = [torch.zeros(N_NODES, dim1, dtype=dtype), torch.zeros(N_EDGES, dim2, dtype=dtype),
@@ -105,9 +101,9 @@ def test_fused_double_backward_matches_the_composed_one(problem, has, dtype, fol
     expected = reference.conv_double_backward(*cotangents, grad_out, a, b, c, sender, receiver, plan.plan_list,
                                               plan.cg_list, [True] * 4)
     tolerance = 1e-12 if dtype == torch.float64 else 2e-5
-    for atomic, split in ((True, False), (False, False), (True, True)):
-        got = _fused(spec, dtype, has, atomic, split, folder, [t.to(dtype) for t in tensors], graph)
+    for atomic in (True, False):
+        got = _fused(spec, dtype, has, atomic, folder, [t.to(dtype) for t in tensors], graph)
         for name, x, y in zip(("grad_out", "node_feats", "edge_attrs", "weight"), got, expected):
             scale = max(y.abs().max().item(), 1.0)
-            assert (x.double() - y).abs().max().item() <= tolerance * scale, (name, atomic, split)
+            assert (x.double() - y).abs().max().item() <= tolerance * scale, (name, atomic)
         assert not got[0][N_NODES - 1].any() and not got[1][N_NODES - 1].any(), "the isolated node got a value"

@@ -10,9 +10,12 @@ that carry the weights' cotangent ``gc`` take ``T_c`` alone (``forward_c``, ``ba
 they would wrongly add ``T_0``'s contribution.
 """
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
+
+from . import _plan
 
 
 def _add(x: Optional[Tensor], y: Optional[Tensor]) -> Optional[Tensor]:
@@ -64,3 +67,25 @@ def used(cotangent: Optional[Tensor], computed: bool) -> Optional[Tensor]:
     if not computed or cotangent is None:
         return None
     return cotangent.contiguous()
+
+
+def planned_double_backward(forward: Callable, backward: Callable, plan: List[int], grad_out: Tensor, a: Tensor,
+                            b: Tensor, c: Tensor, cotangents: List[Optional[Tensor]], needs: List[bool]):
+    """``double_backward`` of a tensor-product op: ``forward(a, b, c, plan)`` and ``backward(g, a, b, c, plan,
+    needs)``; the weights' cotangent takes the plan's weighted paths (``_plan.weighted_part``)."""
+    plan_c = _plan.weighted_part(plan)
+    return double_backward(lambda x, y, z: forward(x, y, z, plan), lambda g, x, y, z, n: backward(g, x, y, z, plan, n),
+                           grad_out, a, b, c, cotangents, list(needs),
+                           lambda x, y, z: forward(x, y, z, plan_c), lambda g, x, y, z, n: backward(g, x, y, z, plan_c, n))
+
+
+def reached(cotangents: Sequence[Optional[Tensor]]) -> Tuple[bool, bool, bool, bool]:
+    """Which of ``(grad_out, a, b, c)`` the cotangents present give a gradient (the others get zero)."""
+    ga, gb, gc = (g is not None for g in cotangents)
+    return ga or gb or gc, gb or gc, ga or gc, ga or gb
+
+
+def op_outputs(grads: Sequence[Optional[Tensor]], likes: Sequence[Tensor], needs: Sequence[bool]) -> Tuple[Tensor, ...]:
+    """Gradients as an op returns them: zeros where needed but None, empty where not needed."""
+    return tuple((torch.zeros_like(like) if g is None else g) if n else like.new_empty(0)
+                 for g, like, n in zip(grads, likes, needs))

@@ -154,9 +154,8 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     graph = (sender, receiver, sender_perm)
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_node, grad_edge, grad_weight), ctx.computed)]
     if not torch.is_grad_enabled():  # no graph of this backward is built (training on forces): one fused op
-        ga, gb, gc = (g is not None for g in cotangents)
-        reached = (ga or gb or gc, gb or gc, ga or gc, ga or gb)  # which gradients a cotangent reaches (zero else)
-        needs = [need and reach for need, reach in zip(ctx.needs_input_grad[:4], reached)]
+        # only the gradients a cotangent reaches (the others are zero: autograd takes None)
+        needs = [need and reach for need, reach in zip(ctx.needs_input_grad[:4], _trilinear.reached(cotangents))]
         if not any(needs):
             return None, None, None, None, None, None, None, None, None, None, None
         empty = node_feats.new_empty(0)
@@ -164,14 +163,11 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
                                                        node_feats, edge_attrs, weight, *graph, plan, cg,
                                                        deterministic, needs)
         return *(g if n else None for g, n in zip(grads, needs)), None, None, None, None, None, None, None
-    plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
     forward, backward = _eager.pick(ctx, conv), _eager.pick(ctx, conv_backward)
-    grads = _trilinear.double_backward(
-        lambda a, b, c: forward(a, b, c, *graph, plan, cg, deterministic),
-        lambda g, a, b, c, needs: backward(g, a, b, c, *graph, plan, cg, deterministic, needs),
-        grad_out, node_feats, edge_attrs, weight, cotangents, list(ctx.needs_input_grad[:4]),
-        lambda a, b, c: forward(a, b, c, *graph, plan_c, cg, deterministic),
-        lambda g, a, b, c, needs: backward(g, a, b, c, *graph, plan_c, cg, deterministic, needs))
+    grads = _trilinear.planned_double_backward(
+        lambda a, b, c, p: forward(a, b, c, *graph, p, cg, deterministic),
+        lambda g, a, b, c, p, n: backward(g, a, b, c, *graph, p, cg, deterministic, n),
+        plan, grad_out, node_feats, edge_attrs, weight, cotangents, ctx.needs_input_grad[:4])
     return *grads, None, None, None, None, None, None, None
 
 

@@ -74,14 +74,10 @@ def _backward_backward(ctx, grad_in1, grad_in2, grad_weight):
     grad_out, in1, in2, weight = ctx.saved_tensors
     plan, cg = ctx.args
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_in1, grad_in2, grad_weight), ctx.computed)]
-    plan_c = _plan.weighted_part(plan)  # the paths that depend on the weights
     forward, backward = _eager.pick(ctx, tensor_product), _eager.pick(ctx, tensor_product_backward)
-    grads = _trilinear.double_backward(
-        lambda a, b, c: forward(a, b, c, plan, cg),
-        lambda g, a, b, c, needs: backward(g, a, b, c, plan, cg, needs),
-        grad_out, in1, in2, weight, cotangents, list(ctx.needs_input_grad[:4]),
-        lambda a, b, c: forward(a, b, c, plan_c, cg),
-        lambda g, a, b, c, needs: backward(g, a, b, c, plan_c, cg, needs))
+    grads = _trilinear.planned_double_backward(
+        lambda a, b, c, p: forward(a, b, c, p, cg), lambda g, a, b, c, p, n: backward(g, a, b, c, p, cg, n),
+        plan, grad_out, in1, in2, weight, cotangents, ctx.needs_input_grad[:4])
     return *grads, None, None, None
 
 

@@ -9,7 +9,7 @@ from typing import List
 
 import torch
 
-from ..ops import _plan, _trilinear
+from ..ops import _trilinear
 from .tensor_product import tensor_product, tensor_product_backward
 
 
@@ -40,19 +40,8 @@ def conv_double_backward(grad_grad_node: torch.Tensor, grad_grad_edge: torch.Ten
     """Gradients ``(grad_out, node_feats, edge_attrs, weight)`` of ``<cotangents, conv_backward(...)>``
     (an empty cotangent stands for zeros), composed of forward and backward calls (``ops/_trilinear.py``)."""
     cotangents = [g if g.numel() else None for g in (grad_grad_node, grad_grad_edge, grad_grad_weight)]
-    plan_c = _plan.weighted_part(plan)
-    grads = _trilinear.double_backward(
-        lambda a, b, c: conv(a, b, c, sender, receiver, plan, cg),
-        lambda g, a, b, c, n: conv_backward(g, a, b, c, sender, receiver, plan, cg, n),
-        grad_out, node_feats, edge_attrs, weight, cotangents, list(needs),
-        lambda a, b, c: conv(a, b, c, sender, receiver, plan_c, cg),
-        lambda g, a, b, c, n: conv_backward(g, a, b, c, sender, receiver, plan_c, cg, n))
-    return tuple(_zeros_if_none(g, like, n) for g, like, n in zip(grads, (grad_out, node_feats, edge_attrs, weight),
-                                                                  needs))
-
-
-def _zeros_if_none(grad, like: torch.Tensor, needed: bool) -> torch.Tensor:
-    """The gradient, zeros where it is needed but no cotangent reached it, empty where not needed."""
-    if not needed:
-        return like.new_empty(0)
-    return torch.zeros_like(like) if grad is None else grad
+    grads = _trilinear.planned_double_backward(
+        lambda a, b, c, p: conv(a, b, c, sender, receiver, p, cg),
+        lambda g, a, b, c, p, n: conv_backward(g, a, b, c, sender, receiver, p, cg, n),
+        plan, grad_out, node_feats, edge_attrs, weight, cotangents, needs)
+    return _trilinear.op_outputs(grads, (grad_out, node_feats, edge_attrs, weight), needs)

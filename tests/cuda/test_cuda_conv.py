@@ -206,13 +206,9 @@ def test_fused_double_backward(has, deterministic, dtype):
     _fused_double_backward(has, deterministic, dtype, [True] * 4)
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["one-kernel", "two-kernels"])
-@pytest.mark.parametrize("needs", [[True, True, True, True], [False, True, True, True], [True, False, False, True],
-                                   [False, False, True, False]], ids=lambda n: "".join("gabc"[i] for i in range(4) if n[i]))
-def test_fused_double_backward_needs_and_split(needs, split, dtype, monkeypatch):
-    from batmobile_nn import _uvu
-
-    monkeypatch.setitem(_uvu.DOUBLE_BACKWARD_SPLIT, dtype, split)
+@pytest.mark.parametrize("needs", [[False, True, True, True], [True, False, False, True], [False, False, True, False]],
+                         ids=lambda n: "".join("gabc"[i] for i in range(4) if n[i]))
+def test_fused_double_backward_needs(needs, dtype):
     _fused_double_backward((True, True, True), False, dtype, needs)
 
 
