@@ -10,6 +10,7 @@ whose inputs differ in any shape, dtype or keyword argument captures a new graph
 kept; a grown padding makes a new signature).
 """
 
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -28,6 +29,7 @@ class CudaGraphStep(torch.nn.Module):
         self._orig_mod = model
         self._graphs: Dict[tuple, Tuple[torch.cuda.CUDAGraph, Dict[str, Any], Dict[str, Any]]] = {}
         self.captures = 0  # how many graphs were captured (re-captures included)
+        self.eager = False  # set when a capture failed: the model then runs without graphs
 
     def __getattr__(self, name: str):
         try:
@@ -43,10 +45,19 @@ class CudaGraphStep(torch.nn.Module):
         return tensors, others, tuple(sorted((key, repr(value)) for key, value in kwargs.items()))
 
     def forward(self, data: Dict[str, Any], **kwargs) -> Dict[str, Optional[Tensor]]:
+        if self.eager:
+            return self._orig_mod(data, **kwargs)
         key = self.signature(data, kwargs)
         if key not in self._graphs:
             self._graphs.clear()  # one graph at a time: its buffers and memory pool are freed
-            self._graphs[key] = self._capture(data, kwargs)
+            try:
+                self._graphs[key] = self._capture(data, kwargs)
+            except RuntimeError as exc:  # e.g. a part on the reference path, which reads data to the host
+                warnings.warn(f"batmobile_nn: this model cannot be captured in a CUDA graph "
+                              f"({(str(exc).splitlines() or [''])[0][:160]}); it runs without graphs "
+                              "(cuda_graphs=False does so without trying).", RuntimeWarning, stacklevel=2)
+                self.eager = True
+                return self._orig_mod(data, **kwargs)
         graph, inputs, outputs = self._graphs[key]
         with torch.no_grad():
             for name, buffer in inputs.items():

@@ -120,6 +120,29 @@ def test_cuda_graph_step_wraps_the_model(model_path):
     assert same != CudaGraphStep.signature(data, {"compute_stress": False})
 
 
+def test_a_failed_capture_falls_back_to_running_the_model(monkeypatch):
+    """A model that cannot be captured (a part on the reference path reads data to the host) still runs:
+    one warning, then no more capture attempts. (The capture itself needs a GPU; it is replaced here.)"""
+    from batmobile_nn.calculators._graphs import CudaGraphStep
+
+    class Double(torch.nn.Module):
+        def forward(self, data, scale=1.0):
+            return {"y": data["x"] * 2 * scale}
+
+    attempts = []
+
+    def failing_capture(self, data, kwargs):
+        attempts.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(CudaGraphStep, "_capture", failing_capture)
+    step = CudaGraphStep(Double())
+    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
+        out = step({"x": torch.ones(2)}, scale=3.0)
+    assert torch.equal(out["y"], torch.full((2,), 6.0)) and step.eager
+    assert torch.equal(step({"x": torch.ones(3)})["y"], torch.full((3,), 2.0)) and len(attempts) == 1
+
+
 @pytest.mark.cuda
 def test_cuda_graphs_equal_eager_on_the_gpu(model_path):
     """MD-like: the same structure moved, a replayed graph per call; numbers as without graphs."""
