@@ -37,3 +37,13 @@ def test_element_chunks_once_per_element_tensor():
     assert _sc._chunks(element, 3, 4) is not first  # another chunk size
     perm, start, end, chunk_ptr = first
     assert perm.tolist() == [1, 2, 3, 0, 4, 5] and chunk_ptr.tolist() == [0, 1, 2, 4]
+
+
+def test_element_index_traces_with_fake_tensors():
+    """Fake tensors (make_fx, export) have no storage to key the cache on: the index is computed, not cached."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from batmobile_nn.nn._elements import element_index
+
+    graph = make_fx(element_index, tracing_mode="fake")(torch.eye(4)[[2, 0, 3]])
+    assert torch.equal(graph(torch.eye(4)[[1, 1, 0]]), torch.tensor([1, 1, 0]))

@@ -24,7 +24,7 @@ def element_index(node_attrs: Tensor) -> Tensor:
         return node_attrs.argmax(dim=-1)  # nothing cached while traced or captured
     key = identity(node_attrs)
     if key is None:
-        return node_attrs.argmax(dim=-1)  # an inference tensor: no version counter to key on
+        return node_attrs.argmax(dim=-1)  # an inference, fake or meta tensor: nothing to key on
     found = _cache.get(key)
     if found is not None:
         _cache.move_to_end(key)
