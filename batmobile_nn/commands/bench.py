@@ -163,9 +163,7 @@ def source_digest(root) -> str:
     for folder in SOURCE_FOLDERS:
         paths = [p for p in (root / folder).rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()
                  and not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(root).parts)]
-        for path in sorted(paths):
-            if any(parent.is_symlink() for parent in path.relative_to(root).parents if str(parent) != "."):
-                continue  # batmobile_nn/_csrc is a link to csrc/: counted once, there
+        for path in sorted(paths):  # (rglob does not enter batmobile_nn/_csrc, a link to csrc/)
             digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
