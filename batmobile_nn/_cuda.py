@@ -225,7 +225,6 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
                   receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
                   deterministic: bool, needs: List[bool]):
     n_nodes = node_feats.shape[0]
-    sender64 = sender.long().contiguous()
     uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
     if uvu is not None:
         order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
@@ -241,11 +240,12 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
                                            needs)
         order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
         g_edge1, g2, gw = _ops().tp_backward(grad_out.contiguous(), node_feats.contiguous(),
-                                             edge_attrs.contiguous(), weight.contiguous(), sender64, order, row_ptr,
+                                             edge_attrs.contiguous(), weight.contiguous(), sender.long().contiguous(),
+                                             order, row_ptr,
                                              tables.instr, tables.cg, list(needs), tables.threads)
     g1 = g_edge1  # [n_edges, dim1] per edge -> [n_nodes, dim1] summed by sender
-    if needs[0]:
-        sender_order, sender_ptr = _sender_graph(sender64, n_nodes, sender_perm)
+    if needs[0]:  # (keyed on the given sender: an int32 one's .long() is a new tensor every call)
+        sender_order, sender_ptr = _sender_graph(sender, n_nodes, sender_perm)
         g1 = _ops().segment_sum(g_edge1, sender_order, sender_ptr)
     if needs[2] and weight.dim() == 1:
         gw = gw.sum(0)
@@ -273,7 +273,7 @@ def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_gr
         grads = list(_uvu.double_backward(uvu, cotangents, grad_out, node_feats, edge_attrs, weight, order,
                                           _sorted_senders(sender, receiver, order), row_ptr, needs, atomic))
         if grads[1] is not None and not atomic:  # [n_edges, dim1] per edge -> [n_nodes, dim1] by sender
-            sender_order, sender_ptr = _sender_graph(sender.long().contiguous(), n_nodes, sender_perm)
+            sender_order, sender_ptr = _sender_graph(sender, n_nodes, sender_perm)
             grads[1] = _ops().segment_sum(grads[1], sender_order, sender_ptr)
     return _trilinear.op_outputs(grads, (grad_out, node_feats, edge_attrs, weight), needs)
 

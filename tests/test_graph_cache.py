@@ -47,3 +47,12 @@ def test_element_index_traces_with_fake_tensors():
 
     graph = make_fx(element_index, tracing_mode="fake")(torch.eye(4)[[2, 0, 3]])
     assert torch.equal(graph(torch.eye(4)[[1, 1, 0]]), torch.tensor([1, 1, 0]))
+
+
+def test_int32_senders_are_sorted_once():
+    """The sender graph is keyed on the index as given: an int32 one is not widened (a new tensor) first."""
+    sender32 = torch.tensor([2, 0, 1, 0, 2], dtype=torch.int32)
+    first = _cuda._sender_graph(sender32, 3, None)
+    assert _cuda._sender_graph(sender32, 3, None) is first
+    wide = _cuda._sender_graph(sender32.long(), 3, None)
+    assert torch.equal(first[0], wide[0]) and torch.equal(first[1], wide[1]) and first[1].dtype == torch.int64
