@@ -266,8 +266,11 @@ def parity_status(row, dtype, backend):
 def environment(device):
     """Device name, library versions and git revision (top level of the JSON: they hold for every row)."""
     names = ("torch", "mace-torch", "e3nn", "batmobile-nn", "openequivariance", "ase", "numpy")
-    versions = {d.metadata["Name"].lower(): d.version for d in metadata.distributions() if d.metadata["Name"] and (
-        d.metadata["Name"].lower() in names or d.metadata["Name"].lower().startswith("cuequivariance"))}
+    versions = {}
+    for dist in metadata.distributions():  # in sys.path order: the first of two installs is the one imported
+        name = (dist.metadata["Name"] or "").lower()
+        if name in names or name.startswith("cuequivariance"):
+            versions.setdefault(name, dist.version)
 
     def git(*cmd):
         out = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True)

@@ -24,6 +24,8 @@ def test_bench_mace_quick(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["device"].startswith("cpu") and result["versions"]["mace-torch"] and result["versions"]["torch"]
+    import e3nn  # the version of the e3nn that ran (with two installs, the one imported, not the last listed)
+    assert result["versions"]["e3nn"] == e3nn.__version__
     graphs = [r for r in result["rows"] if r["backend"] == "batmobile-graphs"]
     assert [r["status"] for r in graphs] == ["absent: CUDA graphs need CUDA"] * 2  # a row each mode, not timed
     rows = {(r["backend"], r["mode"]): r for r in result["rows"] if r["backend"] != "batmobile-graphs"}
@@ -58,3 +60,17 @@ def test_top_kernels_sums_by_name():
     events = [Event("gemm", 1000.0), Event("uvu", 3000.0), Event("gemm", 2500.0)]
     assert bench._top(events) == [["gemm", 3.5, 2], ["uvu", 3.0, 1]]
     assert bench._top(events, count=1) == [["gemm", 3.5, 2]]
+
+
+def test_versions_name_the_first_install_on_the_path(tmp_path, monkeypatch):
+    """With two installs of a library (the GPU machine's own e3nn and the carried one), the version recorded
+    is the one that imports: the first on sys.path."""
+    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for folder, version in (("first", "9.9.1"), ("second", "9.9.2")):
+        info = tmp_path / folder / f"e3nn-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: e3nn\nVersion: {version}\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "first"), str(tmp_path / "second")] + sys.path)
+    assert bench.environment(bench.torch.device("cpu"))["versions"]["e3nn"] == "9.9.1"
