@@ -323,4 +323,6 @@ def load(device: Optional[torch.device] = None) -> None:
     kernels = {name: globals()[name] for name in KERNEL_NAMES}
     kernels.update({name: getattr(_sc, name) for name in _sc.KERNEL_NAMES})
     kernels.update({name: getattr(_element_linear, name) for name in _element_linear.KERNEL_NAMES})
+    # the linear's matrix products: cuBLAS through torch.mm (reference/linear.py), the fastest kernel for them
+    kernels.update(linear=reference.linear, linear_outer=reference.linear_outer)
     _backend.KERNELS["cuda"] = kernels

@@ -8,6 +8,7 @@ from ._checks import set_index_checks
 from ._plan import TPPlan, make_plan
 from .conv import conv, conv_backward, conv_double_backward
 from .element_linear import element_linear, element_outer
+from .linear import linear, linear_outer
 from .spherical_harmonics import (spherical_harmonics, spherical_harmonics_backward,
                                   spherical_harmonics_double_backward)
 from .symmetric_contraction import (symmetric_contraction, symmetric_contraction_backward,
@@ -17,4 +18,5 @@ from .tensor_product import tensor_product, tensor_product_backward
 __all__ = ["TPPlan", "make_plan", "set_index_checks", "spherical_harmonics", "spherical_harmonics_backward",
            "spherical_harmonics_double_backward", "tensor_product", "tensor_product_backward", "conv",
            "conv_backward", "conv_double_backward", "symmetric_contraction", "symmetric_contraction_backward",
-           "symmetric_contraction_double_backward", "element_linear", "element_outer"]
+           "symmetric_contraction_double_backward", "element_linear", "element_outer",
+           "linear", "linear_outer"]

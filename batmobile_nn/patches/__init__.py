@@ -1,8 +1,8 @@
 """Patching models in place: their e3nn modules swapped for batmobile_nn's, parameters untouched.
 
 ``patch(model)`` / ``unpatch(model)`` (the MACE backend, ``batmobile_nn.patches.mace``) are imported
-on first use, so ``import batmobile_nn`` does not import mace. New swaps (symmetric contraction,
-linears, ...) subclass ``Swap`` and are added with ``register_swap``.
+on first use, so ``import batmobile_nn`` does not import mace. New swaps (a gate, the radial MLP, another
+model's blocks, ...) subclass ``Swap`` and are added with ``register_swap``.
 
 >>> import batmobile_nn
 >>> model = batmobile_nn.patch(model)  # doctest: +SKIP

@@ -1,7 +1,7 @@
 """The swaps that ``batmobile_nn.patch`` applies to a model's blocks, and how a new one is added.
 
-A swap replaces one e3nn submodule of a block (today: the convolution ``conv_tp`` of MACE's
-interaction blocks; later: the symmetric contraction, the linears) by a batmobile_nn module with
+A swap replaces one e3nn submodule of a block (for MACE: the convolution, the skip connection, the
+symmetric contraction and the linears, ``patches/mace.py``) by a batmobile_nn module with
 the same ``state_dict``, and knows how to put the stock module back. ``patch`` runs every
 registered swap on every block it finds; ``unpatch`` undoes them in reverse order.
 """

@@ -2,9 +2,11 @@
 
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
 block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``), its skip connection
-(``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``) and the symmetric
-contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``). The linears and
-readouts stay e3nn modules for now; later swaps register themselves in the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
+(``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``), the symmetric
+contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), and the e3nn
+``o3.Linear`` of the interaction blocks (``linear_up``, ``linear``), product blocks, the node embedding and
+the readouts (-> ``batmobile_nn.o3.Linear``). Other e3nn modules (gates, the radial MLP) stay stock; later
+swaps register themselves in the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
 and tensors) as the stock one, so it loads into stock MACE and back, and ``unpatch`` gives back the
 stock modules (a pickled unpatched model holds no reference to batmobile_nn).
 
@@ -26,6 +28,7 @@ from mace.modules import blocks as mace_blocks
 from mace.modules import symmetric_contraction as mace_sc
 
 from ._conv import ConvSwap
+from ._linear import LinearSwap
 from ._product import ProductSwap
 from ._skip import SkipSwap
 from ._registry import UnsupportedBlockWarning, register_swap, registered_swaps
@@ -48,6 +51,13 @@ CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
 PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBlock, mace_sc.SymmetricContraction,
                                          lambda: mace_blocks.EquivariantProductBasisBlock.forward))
 SKIP_SWAP = register_swap(SkipSwap(lambda: SUPPORTED_BLOCKS))
+LINEAR_SWAPS = tuple(register_swap(LinearSwap(attribute, classes)) for attribute, classes in (
+    ("linear_up", lambda: SUPPORTED_BLOCKS),
+    ("linear", lambda: SUPPORTED_BLOCKS + (mace_blocks.EquivariantProductBasisBlock,
+                                           mace_blocks.LinearNodeEmbeddingBlock, mace_blocks.LinearReadoutBlock)),
+    ("linear_1", lambda: (mace_blocks.NonLinearReadoutBlock,)),
+    ("linear_2", lambda: (mace_blocks.NonLinearReadoutBlock,)),
+))
 
 
 def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:

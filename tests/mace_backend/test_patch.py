@@ -14,7 +14,9 @@ pytest.importorskip("mace")
 import batmobile_nn  # noqa: E402
 from batmobile_nn.patches import (Swap, UnsupportedBlockWarning, is_patched, register_swap,  # noqa: E402
                                   registered_swaps, unregister_swap)
+from batmobile_nn import o3 as batmobile_o3  # noqa: E402
 from batmobile_nn.nn import ElementLinear, SymmetricContraction  # noqa: E402
+from e3nn import o3 as e3nn_o3  # noqa: E402
 from batmobile_nn.patches.mace import unpatched  # noqa: E402
 from mace_cases import (assert_outputs_close, build_model, bulk_structure, evaluate, make_batch,  # noqa: E402
                         molecule_structure)
@@ -60,14 +62,23 @@ def _pickled(model) -> bytes:
     return buffer.getvalue()
 
 
+def _linears(model):
+    """The model's linear submodules (e3nn's or ours) by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (e3nn_o3.Linear, batmobile_o3.Linear))}
+
+
 def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model, batch, stock_outputs):
     before = _snapshot(model)
     stock_convs = [block.conv_tp for block in model.interactions]
     stock_products = [block.symmetric_contractions for block in model.products]
     stock_skips = [block.skip_tp for block in model.interactions]
     stock_attributes = [sorted(vars(block)) for block in model.interactions]
+    stock_linears = _linears(model)
+    assert len(stock_linears) >= 8 and all(isinstance(m, e3nn_o3.Linear) for m in stock_linears.values())
 
     assert batmobile_nn.patch(model) is model
+    # every o3.Linear of the blocks: interaction (linear_up, linear), product, embedding, readouts
+    assert {name: type(m) for name, m in _linears(model).items()} == dict.fromkeys(stock_linears, batmobile_o3.Linear)
     assert [type(block.conv_tp).__name__ for block in model.interactions] == ["EquivariantConv"] * 2
     assert [type(block.symmetric_contractions) for block in model.products] == [SymmetricContraction] * 2
     assert [type(block.skip_tp) for block in model.interactions] == [ElementLinear] * 2
@@ -78,6 +89,7 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     assert [block.conv_tp for block in model.interactions] == stock_convs  # the very same e3nn modules
     assert [block.symmetric_contractions for block in model.products] == stock_products
     assert [block.skip_tp for block in model.interactions] == stock_skips
+    assert _linears(model) == stock_linears
     assert [sorted(vars(block)) for block in model.interactions] == stock_attributes  # no conv_fusion left
     assert not is_patched(model)
     _assert_state_dict_identical(model, before)

@@ -1,0 +1,30 @@
+"""Reference ``linear`` / ``linear_outer``: one matrix product per irrep block (BLAS on the CPU, cuBLAS on CUDA).
+
+A block of ``d = 2l + 1`` components is moved to ``[n * d, mul]`` rows for the product (a transient copy);
+nothing but the op's inputs is kept for the backward. The same code is the op's CUDA path (a matrix
+product has no better kernel to write), so on CUDA it is registered as the kernel (``_cuda.py``).
+"""
+
+import torch
+from torch import Tensor
+
+
+def _rows(x: Tensor) -> Tensor:
+    """``[n, mul, d]`` -> ``[n * d, mul]`` (a view when ``d == 1``)."""
+    n, mul, d = x.shape
+    return x.reshape(n, mul) if d == 1 else x.transpose(1, 2).reshape(n * d, mul)
+
+
+def linear(x: Tensor, weight: Tensor, alpha: float) -> Tensor:
+    """``x [n, mul_in, d]``, ``weight [mul_in, mul_out]`` -> ``alpha * x . weight``: ``[n, mul_out, d]``."""
+    n, _, d = x.shape
+    mul_out = weight.shape[1]
+    rows = torch.mm(_rows(x), weight * alpha)  # [n * d, mul_out]
+    return rows.view(n, mul_out, 1) if d == 1 else rows.view(n, d, mul_out).transpose(1, 2).contiguous()
+
+
+def linear_outer(x: Tensor, y: Tensor, alpha: float) -> Tensor:
+    """``x [n, mul_in, d]``, ``y [n, mul_out, d]`` -> ``alpha * sum over n and m of x[n, :, m] y[n, :, m]^T``:
+    ``[mul_in, mul_out]``, the weight gradient of ``linear``."""
+    out = torch.mm(_rows(x).transpose(0, 1), _rows(y))  # [mul_in, mul_out]
+    return out.mul_(alpha)
