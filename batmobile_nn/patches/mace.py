@@ -3,10 +3,13 @@
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
 block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``), its skip connection
 (``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``), the symmetric
-contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), and the e3nn
-``o3.Linear`` of the interaction blocks (``linear_up``, ``linear``), product blocks, the node embedding and
-the readouts (-> ``batmobile_nn.o3.Linear``). Other e3nn modules (gates, the radial MLP) stay stock; later
-swaps register themselves in the same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
+contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``). The e3nn ``o3.Linear``s
+stay stock by default: ``LINEAR_SWAPS`` (interaction blocks' ``linear_up`` and ``linear``, product blocks, the
+node embedding and the readouts -> ``batmobile_nn.o3.Linear``) are opt-in, ``register_swap`` each, because
+on an H200 (MACE-MP-medium, float32) they measured more kernel launches and kernel time per training step
+and a higher inference peak than e3nn's einsums (the transposed copies move from the forward into the
+backward). Other e3nn modules (gates, the radial MLP) stay stock; later swaps register themselves in the
+same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
 and tensors) as the stock one, so it loads into stock MACE and back, and ``unpatch`` gives back the
 stock modules (a pickled unpatched model holds no reference to batmobile_nn).
 
@@ -51,7 +54,8 @@ CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
 PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBlock, mace_sc.SymmetricContraction,
                                          lambda: mace_blocks.EquivariantProductBasisBlock.forward))
 SKIP_SWAP = register_swap(SkipSwap(lambda: SUPPORTED_BLOCKS))
-LINEAR_SWAPS = tuple(register_swap(LinearSwap(attribute, classes)) for attribute, classes in (
+# opt-in (not registered): see the module docstring
+LINEAR_SWAPS = tuple(LinearSwap(attribute, classes) for attribute, classes in (
     ("linear_up", lambda: SUPPORTED_BLOCKS),
     ("linear", lambda: SUPPORTED_BLOCKS + (mace_blocks.EquivariantProductBasisBlock,
                                            mace_blocks.LinearNodeEmbeddingBlock, mace_blocks.LinearReadoutBlock)),

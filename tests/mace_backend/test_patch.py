@@ -77,8 +77,6 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     assert len(stock_linears) >= 8 and all(isinstance(m, e3nn_o3.Linear) for m in stock_linears.values())
 
     assert batmobile_nn.patch(model) is model
-    # every o3.Linear of the blocks: interaction (linear_up, linear), product, embedding, readouts
-    assert {name: type(m) for name, m in _linears(model).items()} == dict.fromkeys(stock_linears, batmobile_o3.Linear)
     assert [type(block.conv_tp).__name__ for block in model.interactions] == ["EquivariantConv"] * 2
     assert [type(block.symmetric_contractions) for block in model.products] == [SymmetricContraction] * 2
     assert [type(block.skip_tp) for block in model.interactions] == [ElementLinear] * 2
@@ -89,7 +87,7 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     assert [block.conv_tp for block in model.interactions] == stock_convs  # the very same e3nn modules
     assert [block.symmetric_contractions for block in model.products] == stock_products
     assert [block.skip_tp for block in model.interactions] == stock_skips
-    assert _linears(model) == stock_linears
+    assert _linears(model) == stock_linears  # the linears are opt-in: stock by default
     assert [sorted(vars(block)) for block in model.interactions] == stock_attributes  # no conv_fusion left
     assert not is_patched(model)
     _assert_state_dict_identical(model, before)
@@ -280,3 +278,26 @@ def test_patched_model_compiles_with_e3nn_jit(model, batch, stock_outputs):
 
     compiled = jit.compile(batmobile_nn.patch(model))
     assert_outputs_close(evaluate(compiled, batch), stock_outputs, 1e-10)
+
+
+def test_opt_in_linear_swaps(model, batch, stock_outputs):
+    """With ``LINEAR_SWAPS`` registered, every o3.Linear of the blocks (interaction: linear_up, linear; product,
+    embedding, readouts) becomes ``batmobile_nn.o3.Linear``; same state_dict, outputs, and unpatch restores."""
+    from batmobile_nn.patches.mace import LINEAR_SWAPS
+
+    before = _snapshot(model)
+    stock_linears = _linears(model)
+    for swap in LINEAR_SWAPS:
+        register_swap(swap)
+    try:
+        batmobile_nn.patch(model)
+        assert {name: type(m) for name, m in _linears(model).items()} == dict.fromkeys(stock_linears,
+                                                                                      batmobile_o3.Linear)
+        _assert_state_dict_identical(model, before)
+        assert_outputs_close(evaluate(model, batch), stock_outputs, 1e-10)
+        batmobile_nn.unpatch(model)
+        assert _linears(model) == stock_linears and not is_patched(model)
+        _assert_state_dict_identical(model, before)
+    finally:
+        for swap in LINEAR_SWAPS:
+            unregister_swap(swap)
