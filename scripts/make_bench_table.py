@@ -261,7 +261,9 @@ def render(folder, link_base=None, png_dir=None):
         if png.is_file():
             if png_dir is not None:
                 pathlib.Path(png_dir).mkdir(parents=True, exist_ok=True)
-                png = pathlib.Path(shutil.copyfile(png, pathlib.Path(png_dir) / f"{name}.png"))
+                target = pathlib.Path(png_dir) / f"{name}.png"
+                if not (target.exists() and target.samefile(png)):  # --png-dir may be the results folder itself
+                    png = pathlib.Path(shutil.copyfile(png, target))
             lines += [f"![{name}]({pathlib.Path(os.path.relpath(png.resolve(), link_base)).as_posix()})", ""]
     return "\n".join(lines).rstrip() + "\n"
 

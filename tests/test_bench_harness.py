@@ -183,6 +183,15 @@ def test_results_of_other_revisions_name_their_code(tmp_path):
     assert "**bench_mace** (GPU X, code a78a89a)" in text and "**bench_mace_small** (GPU X, code c173e69)" in text
 
 
+def test_png_dir_may_be_the_results_folder(tmp_path):
+    """Plots kept next to their JSON (docs/bench/<run>/) are linked from there, not copied onto themselves."""
+    table = _table_module()
+    (tmp_path / "bench_mace.json").write_text(json.dumps({"benchmark": "bench_mace", "device": "GPU X", "rows": []}))
+    (tmp_path / "bench_mace.png").write_bytes(b"png")
+    text = table.render(tmp_path, link_base=tmp_path, png_dir=tmp_path)
+    assert "![bench_mace](bench_mace.png)" in text and (tmp_path / "bench_mace.png").read_bytes() == b"png"
+
+
 def test_source_digest_names_the_code_on_disk(tmp_path):
     """The digest follows the source files' names and contents, ignores caches, and counts a linked folder once."""
     from batmobile_nn.commands.bench import source_digest
