@@ -14,7 +14,7 @@ backward calls the fast paths or the ops as its forward did (``pick``).
 
 import functools
 import inspect
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -46,6 +46,33 @@ def _plain(args) -> bool:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+_will_execute = getattr(torch._C, "_will_engine_execute_node", None)  # private API (torch.utils.checkpoint's)
+
+
+def needs(ctx) -> List[bool]:
+    """``ctx.needs_input_grad``, less the inputs whose gradient this backward pass does not use.
+
+    ``needs_input_grad`` says which inputs require grad; ``torch.autograd.grad(energy, positions)`` (forces)
+    uses none of the parameters' gradients, and autograd's own formulas skip them, so an eager backward
+    asks the engine whether the node an input's gradient goes to will run. Outside the engine (the op's
+    registered autograd under tracing) it is ``needs_input_grad``."""
+    flags = list(ctx.needs_input_grad)
+    tensor_args = getattr(ctx, "tensor_args", None)  # which forward arguments were tensors (set in eager calls)
+    if tensor_args is None or _will_execute is None or len(tensor_args) != len(flags):
+        return flags
+    edge = 0  # next_functions has one entry per tensor argument
+    for i, is_tensor in enumerate(tensor_args):
+        if is_tensor:
+            if flags[i] and edge < len(ctx.next_functions):
+                node = ctx.next_functions[edge][0]
+                try:
+                    flags[i] = node is not None and bool(_will_execute(node))
+                except RuntimeError:  # a leaf under autograd.grad, which the engine cannot answer for: keep it
+                    pass
+            edge += 1
+    return flags
+
+
 def pick(ctx, call: Callable) -> Callable:
     """In a backward: ``call`` (a ``fast_path`` function) when the forward ran eagerly through it, else its op
     (the op's registered autograd runs under tracing, where only ops may be called)."""
@@ -74,6 +101,7 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
         output = impl(*args)
         setup_context(ctx, args, output)
         ctx.eager = True  # the backward then calls the fast paths too (``pick``)
+        ctx.tensor_args = [isinstance(a, torch.Tensor) for a in args]  # for ``needs``
         return output
 
     def eager_backward(ctx, *grads):

@@ -135,7 +135,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     node_feats, edge_attrs, weight, sender, receiver, sender_perm = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:3])
+    needs = _eager.needs(ctx)[:3]
     grads = _eager.pick(ctx, conv_backward)(grad_out.contiguous(), node_feats, edge_attrs, weight, sender, receiver,
                                             sender_perm, *ctx.args, needs)
     return *(g if n else None for g, n in zip(grads, needs)), None, None, None, None, None, None
@@ -153,9 +153,10 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     plan, cg, deterministic = ctx.args
     graph = (sender, receiver, sender_perm)
     cotangents = [_trilinear.used(g, c) for g, c in zip((grad_node, grad_edge, grad_weight), ctx.computed)]
+    wanted = _eager.needs(ctx)[:4]
     if not torch.is_grad_enabled():  # no graph of this backward is built (training on forces): one fused op
         # only the gradients a cotangent reaches (the others are zero: autograd takes None)
-        needs = [need and reach for need, reach in zip(ctx.needs_input_grad[:4], _trilinear.reached(cotangents))]
+        needs = [need and reach for need, reach in zip(wanted, _trilinear.reached(cotangents))]
         if not any(needs):
             return None, None, None, None, None, None, None, None, None, None, None
         empty = node_feats.new_empty(0)
@@ -167,7 +168,7 @@ def _backward_backward(ctx, grad_node, grad_edge, grad_weight):
     grads = _trilinear.planned_double_backward(
         lambda a, b, c, p: forward(a, b, c, *graph, p, cg, deterministic),
         lambda g, a, b, c, p, n: backward(g, a, b, c, *graph, p, cg, deterministic, n),
-        plan, grad_out, node_feats, edge_attrs, weight, cotangents, ctx.needs_input_grad[:4])
+        plan, grad_out, node_feats, edge_attrs, weight, cotangents, wanted)
     return *grads, None, None, None, None, None, None, None
 
 

@@ -93,10 +93,11 @@ def _setup_linear(ctx, inputs, output):
 def _backward_linear(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], None, Optional[Tensor], None]:
     x, element, weight = ctx.saved_tensors
     linear, outer = _eager.pick(ctx, element_linear), _eager.pick(ctx, element_outer)
+    needs = _eager.needs(ctx)
     grad_x = grad_weight = None
-    if ctx.needs_input_grad[0]:  # [n, mul_in, d]
+    if needs[0]:  # [n, mul_in, d]
         grad_x = linear(grad_out, element, weight.transpose(1, 2), ctx.alpha)
-    if ctx.needs_input_grad[2]:  # [E, mul_in, mul_out]
+    if needs[2]:  # [E, mul_in, mul_out]
         grad_weight = outer(x, grad_out, element, weight.shape[0], ctx.alpha)
     return grad_x, None, grad_weight, None
 
@@ -110,10 +111,11 @@ def _setup_outer(ctx, inputs, output):
 def _backward_outer(ctx, grad_out: Tensor):
     x, y, element = ctx.saved_tensors  # grad_out: [E, mul_in, mul_out]
     linear = _eager.pick(ctx, element_linear)
+    needs = _eager.needs(ctx)
     grad_x = grad_y = None
-    if ctx.needs_input_grad[0]:
+    if needs[0]:
         grad_x = linear(y, element, grad_out.transpose(1, 2), ctx.alpha)
-    if ctx.needs_input_grad[1]:
+    if needs[1]:
         grad_y = linear(x, element, grad_out, ctx.alpha)
     return grad_x, grad_y, None, None, None
 

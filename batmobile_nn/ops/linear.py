@@ -73,10 +73,11 @@ def _setup_linear(ctx, inputs, output):
 
 def _backward_linear(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], None]:
     x, weight = ctx.saved_tensors  # grad_out: [n, mul_out, d]
+    needs = _eager.needs(ctx)
     grad_x = grad_weight = None
-    if ctx.needs_input_grad[0]:  # [n, mul_in, d]
+    if needs[0]:  # [n, mul_in, d]
         grad_x = _eager.pick(ctx, linear)(grad_out, weight.transpose(0, 1), ctx.alpha)
-    if ctx.needs_input_grad[1]:  # [mul_in, mul_out]
+    if needs[1]:  # [mul_in, mul_out]
         grad_weight = _eager.pick(ctx, linear_outer)(x, grad_out, ctx.alpha)
     return grad_x, grad_weight, None
 
@@ -89,10 +90,11 @@ def _setup_outer(ctx, inputs, output):
 
 def _backward_outer(ctx, grad_out: Tensor):
     x, y = ctx.saved_tensors  # grad_out: [mul_in, mul_out]
+    needs = _eager.needs(ctx)
     grad_x = grad_y = None
-    if ctx.needs_input_grad[0]:
+    if needs[0]:
         grad_x = _eager.pick(ctx, linear)(y, grad_out.transpose(0, 1), ctx.alpha)
-    if ctx.needs_input_grad[1]:
+    if needs[1]:
         grad_y = _eager.pick(ctx, linear)(x, grad_out, ctx.alpha)
     return grad_x, grad_y, None
 

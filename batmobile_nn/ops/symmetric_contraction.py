@@ -156,7 +156,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, element, weight, *u = ctx.saved_tensors
-    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[2]]
+    wanted = _eager.needs(ctx)
+    needs = [wanted[0], wanted[2]]
     backward = _eager.pick(ctx, symmetric_contraction_backward)
     grad_x, grad_weight = backward(grad_out.contiguous(), x, element, weight, u, ctx.correlations, needs)
     return grad_x if needs[0] else None, None, grad_weight if needs[1] else None, [None] * len(u), None
@@ -174,7 +175,8 @@ def _backward_backward(ctx, grad_grad_x, grad_grad_weight):
     # a cotangent autograd did not produce, or of an output that was an empty placeholder: empty (zeros)
     cotangents = [g.contiguous() if g is not None and computed else like.new_empty(0)
                   for g, computed, like in zip((grad_grad_x, grad_grad_weight), ctx.computed, (x, weight))]
-    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]]
+    wanted = _eager.needs(ctx)
+    needs = [wanted[0], wanted[1], wanted[3]]
     double_backward = _eager.pick(ctx, symmetric_contraction_double_backward)
     grads = double_backward(*cotangents, grad_out, x, element, weight, u, ctx.correlations, needs)
     d_grad_out, d_x, d_weight = (g if n else None for g, n in zip(grads, needs))

@@ -58,7 +58,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     in1, in2, weight = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:3])
+    needs = _eager.needs(ctx)[:3]
     grads = _eager.pick(ctx, tensor_product_backward)(grad_out.contiguous(), in1, in2, weight, *ctx.args, needs)
     return *(g if n else None for g, n in zip(grads, needs)), None, None
 
@@ -77,7 +77,7 @@ def _backward_backward(ctx, grad_in1, grad_in2, grad_weight):
     forward, backward = _eager.pick(ctx, tensor_product), _eager.pick(ctx, tensor_product_backward)
     grads = _trilinear.planned_double_backward(
         lambda a, b, c, p: forward(a, b, c, p, cg), lambda g, a, b, c, p, n: backward(g, a, b, c, p, cg, n),
-        plan, grad_out, in1, in2, weight, cotangents, ctx.needs_input_grad[:4])
+        plan, grad_out, in1, in2, weight, cotangents, _eager.needs(ctx)[:4])
     return *grads, None, None, None
 
 

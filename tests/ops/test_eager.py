@@ -106,3 +106,30 @@ def test_meta_tensors_and_fx_take_the_op():
     assert conv(*meta, None, plan.plan_list, plan.cg_list, False).shape == (4, plan.irreps_out.dim)
     graph = torch.fx.symbolic_trace(_ConvModule(plan)).graph
     assert any("batmobile" in str(node.target) for node in graph.nodes if node.op == "call_function")
+
+
+def test_backward_skips_gradients_the_pass_does_not_use(monkeypatch):
+    """``autograd.grad(out, x)`` (forces) does not use the weight's gradient: the eager backward does not compute
+    it (autograd's own formulas skip it too); ``backward()`` and a second-order pass still get every gradient."""
+    import batmobile_nn.reference as reference
+
+    calls = []
+    outer = reference.element_outer
+    monkeypatch.setattr(reference, "element_outer", lambda *a: calls.append(1) or outer(*a))
+    x, weight = randn([(5, 3, 2), (4, 3, 6)], torch.float64, 4)
+    element = torch.tensor([0, 3, 3, 1, 0])
+    x.requires_grad_()
+    weight.requires_grad_()
+    # as the modules pass it: a view of the parameter (of a leaf, autograd.grad cannot say whether it is used)
+    out = element_linear(x, element, weight.view_as(weight), 0.5)
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    assert calls == []  # the weight gradient was not computed
+    (expected,) = torch.autograd.grad(element_linear.op(x, element, weight, 0.5).square().sum(), x, create_graph=True)
+    torch.testing.assert_close(grad_x, expected, rtol=0, atol=0)
+    # the weight's gradient of a loss on the first derivative flows through the backward's graph
+    (got,) = torch.autograd.grad(grad_x.square().sum(), weight)
+    (want,) = torch.autograd.grad(expected.square().sum(), weight)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    element_linear(x, element, weight, 0.5).square().sum().backward()
+    assert calls and weight.grad is not None
