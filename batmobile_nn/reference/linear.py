@@ -17,14 +17,16 @@ def _rows(x: Tensor) -> Tensor:
 
 def linear(x: Tensor, weight: Tensor, alpha: float) -> Tensor:
     """``x [n, mul_in, d]``, ``weight [mul_in, mul_out]`` -> ``alpha * x . weight``: ``[n, mul_out, d]``."""
-    n, _, d = x.shape
+    n, mul_in, d = x.shape
     mul_out = weight.shape[1]
-    rows = torch.mm(_rows(x), weight * alpha)  # [n * d, mul_out]
-    return rows.view(n, mul_out, 1) if d == 1 else rows.view(n, d, mul_out).transpose(1, 2).contiguous()
+    if d == 1:  # one product, alpha inside it (beta = 0: the empty first argument is not read)
+        return torch.addmm(x.new_empty(()), x.reshape(n, mul_in), weight, beta=0, alpha=alpha).view(n, mul_out, 1)
+    rows = torch.mm(_rows(x), weight)  # [n * d, mul_out]
+    # back to [n, mul_out, d], scaled on the way (one kernel)
+    return torch.mul(rows.view(n, d, mul_out).transpose(1, 2), alpha, out=x.new_empty(n, mul_out, d))
 
 
 def linear_outer(x: Tensor, y: Tensor, alpha: float) -> Tensor:
     """``x [n, mul_in, d]``, ``y [n, mul_out, d]`` -> ``alpha * sum over n and m of x[n, :, m] y[n, :, m]^T``:
     ``[mul_in, mul_out]``, the weight gradient of ``linear``."""
-    out = torch.mm(_rows(x).transpose(0, 1), _rows(y))  # [mul_in, mul_out]
-    return out.mul_(alpha)
+    return torch.addmm(x.new_empty(()), _rows(x).transpose(0, 1), _rows(y), beta=0, alpha=alpha)  # [mul_in, mul_out]
