@@ -17,6 +17,7 @@ import inspect
 from typing import Callable, List, Optional
 
 import torch
+from torch._functorch.utils import unwrap_dead_wrappers  # what Function.apply calls first
 
 _TRACING_MODES = tuple(getattr(torch._C._TorchDispatchModeKey, name)
                        for name in ("FAKE", "PROXY", "FUNCTIONAL"))  # private API, guarded by tests/ops/test_opcheck.py
@@ -26,19 +27,22 @@ def _tracing() -> bool:
     """Under torch.compile or torch.jit.trace, or inside a fake / proxy / functional tracing mode (AOT autograd,
     make_fx, export): places where only the registered op (with its fake implementation) may run."""
     return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or any(torch._C._get_dispatch_mode(key) is not None for key in _TRACING_MODES))
+            or (torch._C._len_torch_dispatch_stack() > 0  # no mode at all: the common case, one call
+                and any(torch._C._get_dispatch_mode(key) is not None for key in _TRACING_MODES)))
 
 
 def _plain(args) -> bool:
     """Whether every tensor argument (lists included) is a plain tensor or parameter off the meta device: not
     a tensor subclass, an fx Proxy or a meta tensor, which the op's fake implementation serves."""
     for arg in args:
-        if isinstance(arg, (list, tuple)):  # a schema's lists hold one type: look inside lists of tensors only
+        kind = type(arg)
+        if kind in _PLAIN_TENSORS:  # the common case first: exact types, no isinstance walk
+            if arg.is_meta:
+                return False
+        elif kind is list or kind is tuple:  # a schema's lists hold one type: look inside lists of tensors only
             if arg and isinstance(arg[0], (torch.Tensor, torch.fx.Proxy)) and not _plain(arg):
                 return False
-        elif isinstance(arg, torch.fx.Proxy):
-            return False
-        elif isinstance(arg, torch.Tensor) and (type(arg) not in _PLAIN_TENSORS or arg.is_meta):
+        elif isinstance(arg, (torch.Tensor, torch.fx.Proxy)):  # a tensor subclass or an fx proxy
             return False
     return True
 
@@ -113,6 +117,8 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
     function = type(f"{impl.__name__}_function", (torch.autograd.Function,), {
         "forward": staticmethod(forward), "backward": staticmethod(eager_backward)})
 
+    c_apply = super(torch.autograd.Function, function).apply  # the C++ apply (torch._C._FunctionBase)
+
     @functools.wraps(impl)
     def call(*args, **kwargs):
         if kwargs:  # autograd.Function.apply takes positional arguments only
@@ -121,7 +127,10 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
             args = bound.args
         if _tracing() or not _plain(args):
             return op(*args)
-        return function.apply(*args)
+        if torch._C._are_functorch_transforms_active():  # vmap, grad, ...: Function.apply's functorch path
+            return function.apply(*args)
+        # what Function.apply does without transforms, less its Python layers (3.5 us a call on this VM)
+        return c_apply(*unwrap_dead_wrappers(args))
 
     call.op = op  # the registered op (torch.ops.batmobile.<name>), for opcheck and torch.compile
     try:  # TorchScript compiles a call of this function as the op (private API: without it, scripting fails)
