@@ -21,7 +21,9 @@ Usage: python scripts/bench_ops.py [--out bench.json] [--png bench.png] [--quick
 import argparse
 import json
 import os
+import pathlib
 import statistics
+import subprocess
 import time
 
 import torch
@@ -52,6 +54,17 @@ def timed(fn, device, repeats=None):
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def code_revision() -> dict:
+    """The git revision and the source digest of the code that runs (the digest names it where a copied tree's
+    .git is stale, as on the GPU machine)."""
+    from batmobile_nn.commands.bench import source_digest
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"git_revision": done.stdout.strip() if done.returncode == 0 else None,
+            "source_digest": source_digest(root)}
 
 
 def copy_bandwidth(device) -> float:
@@ -274,6 +287,15 @@ def main():
     libs = bb.Libraries(device, cpu_naive=args.cpu_naive_baselines)
     print("baselines:", {lib: libs.status.get(lib) or f"ok {libs.versions.get(lib)}" for lib in bb.LIBS}, flush=True)
     rows = []
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, **code_revision(), "copy_bandwidth_GBps": bandwidth / 1e9,
+              "warmup": WARMUP, "repeats": REPEATS,
+              "baseline_libraries": {lib: libs.status.get(lib) or libs.versions.get(lib) for lib in bb.LIBS},
+              "rows": rows}
+
+    def write():  # after every row: a run cut short by a time limit keeps what it measured
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
     def record(op, n_edges, dtype, ours, baselines, bytes_moved, extra=None):
         row = {"op": op, "edges": n_edges, "dtype": str(dtype).replace("torch.", ""), "ours_ms": ours,
@@ -292,6 +314,7 @@ def main():
         parity = f" | parity {parity}" if parity else ""
         print(f"{op:40s} {n_edges:>8d} {row['dtype']:8s} ours {ours:8.3f} ms | {base} ms | {speed}{frac}{parity}",
               flush=True)
+        write()
 
     only = set(args.only.split(","))
 
@@ -315,12 +338,7 @@ def main():
             for n in (170_000, 700_000):
                 if n <= args.max_edges:
                     guarded(bench_conv, device, dtype, n // scale, record, libs)
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "copy_bandwidth_GBps": bandwidth / 1e9, "warmup": WARMUP,
-              "repeats": REPEATS, "baseline_libraries": {lib: libs.status.get(lib) or libs.versions.get(lib)
-                                                           for lib in bb.LIBS}, "rows": rows}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write()
     plot(rows, args.png or os.path.splitext(args.out)[0] + ".png")
 
 

@@ -63,6 +63,9 @@ def test_bench_ops_quick_run_and_table(tmp_path):
 
     data = json.loads((folder / "bench_ops.json").read_text())
     assert data["rows"] and {row["op"] for row in data["rows"]} == {"spherical_harmonics l=3"}
+    assert data["source_digest"] == manifest["git"]["source_digest"]  # the code that ran, named in the JSON too
+    if (ROOT / ".git").exists():
+        assert data["git_revision"] == manifest["git"]["revision"]
     assert "spherical_harmonics" in (folder / "bench_ops.log").read_text()
 
     table = subprocess.run([sys.executable, str(TABLE_SCRIPT), "--results", str(results / "latest")],
