@@ -13,6 +13,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
+from .._irrep_blocks import add_block, concat_blocks
 from ..ops.element_linear import element_linear  # also registers torch.ops.batmobile.element_linear
 from ._elements import element_of
 
@@ -103,13 +104,8 @@ class ElementLinear(torch.nn.Module):
                 yi = torch.ops.batmobile.element_linear(xi, element, w, alpha)  # [n, mul_out, d]
             else:  # eager: without the custom-op layers (ops/_eager.py)
                 yi = element_linear(xi, element, w, alpha)
-            previous = outs[i_out]
-            outs[i_out] = yi if previous is None else previous + yi
-        blocks: List[Tensor] = []
-        for i, (mul, d) in enumerate(self._out_blocks):
-            block = outs[i]
-            blocks.append(x.new_zeros(n, mul * d) if block is None else block.reshape(n, mul * d))
-        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+            add_block(outs, i_out, yi)
+        return concat_blocks(outs, self._out_blocks, x)  # [n, irreps_out.dim]
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}, num_elements={self.num_elements}"

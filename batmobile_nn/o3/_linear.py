@@ -12,6 +12,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
+from .._irrep_blocks import add_block, concat_blocks
 from ..ops.linear import linear  # also registers torch.ops.batmobile.linear
 
 
@@ -98,14 +99,8 @@ class Linear(torch.nn.Module):
                 yi = torch.ops.batmobile.linear(xi, w, alpha)  # [n, mul_out, d]
             else:  # eager: without the custom-op layers (ops/_eager.py)
                 yi = linear(xi, w, alpha)
-            previous = outs[i_out]
-            outs[i_out] = yi if previous is None else previous + yi
-        blocks: List[Tensor] = []
-        for i, (mul, d) in enumerate(self._out_blocks):
-            block = outs[i]
-            blocks.append(x.new_zeros(n, mul * d) if block is None else block.reshape(n, mul * d))
-        out = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]  # [n, dim_out]
-        return out.reshape(batch + [self._dim_out])
+            add_block(outs, i_out, yi)
+        return concat_blocks(outs, self._out_blocks, x).reshape(batch + [self._dim_out])  # [..., dim_out]
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out} | {self.weight_numel} weights"
