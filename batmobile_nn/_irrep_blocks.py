@@ -23,4 +23,6 @@ def concat_blocks(outs: List[Optional[Tensor]], out_blocks: List[List[int]], lik
     for i, (mul, d) in enumerate(out_blocks):
         block = outs[i]
         blocks.append(like.new_zeros(n, mul * d) if block is None else block.reshape(n, mul * d))
+    if len(blocks) == 0:  # no output irreps
+        return like.new_zeros(n, 0)
     return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]

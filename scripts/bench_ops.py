@@ -62,8 +62,12 @@ def code_revision() -> dict:
     from batmobile_nn.commands.bench import source_digest
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return {"git_revision": done.stdout.strip() if done.returncode == 0 else None,
+
+    def git(*cmd):
+        done = subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_revision": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
             "source_digest": source_digest(root)}
 
 
@@ -294,8 +298,10 @@ def main():
               "rows": rows}
 
     def write():  # after every row: a run cut short by a time limit keeps what it measured
-        with open(args.out, "w") as f:
+        tmp = f"{args.out}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             json.dump(result, f, indent=1)
+        os.replace(tmp, args.out)  # a kill mid-write leaves the previous complete file
 
     def record(op, n_edges, dtype, ours, baselines, bytes_moved, extra=None):
         row = {"op": op, "edges": n_edges, "dtype": str(dtype).replace("torch.", ""), "ours_ms": ours,

@@ -62,7 +62,8 @@ def needs(ctx) -> List[bool]:
     registered autograd under tracing) it is ``needs_input_grad``."""
     flags = list(ctx.needs_input_grad)
     tensor_args = getattr(ctx, "tensor_args", None)  # which forward arguments were tensors (set in eager calls)
-    if tensor_args is None or _will_execute is None or len(tensor_args) != len(flags):
+    if (tensor_args is None or _will_execute is None or len(tensor_args) != len(flags)
+            or torch.compiler.is_compiling()):  # compiled autograd traces the backward: dynamo cannot trace the query
         return flags
     edge = 0  # next_functions has one entry per tensor argument
     for i, is_tensor in enumerate(tensor_args):
@@ -125,10 +126,8 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             args = bound.args
-        if _tracing() or not _plain(args):
+        if _tracing() or not _plain(args) or torch._C._are_functorch_transforms_active():  # vmap, grad, ...: the op
             return op(*args)
-        if torch._C._are_functorch_transforms_active():  # vmap, grad, ...: Function.apply's functorch path
-            return function.apply(*args)
         # what Function.apply does without transforms, less its Python layers (3.5 us a call on this VM)
         return c_apply(*unwrap_dead_wrappers(args))
 

@@ -72,3 +72,14 @@ def test_bad_input_and_refused_modules():
         Linear("4x0e", "4x0e", shared_weights=False)
     with pytest.raises(ValueError, match="f_in / f_out"):
         Linear("4x0e", "4x0e", f_in=2, f_out=3)
+
+
+def test_no_output_irreps_and_autocast():
+    ours = Linear("4x0e+2x1o", "0x0e")
+    assert ours(torch.randn(3, 10)).shape == (3, 0)
+    ours = Linear("4x0e+2x1o", "3x0e+1x1o")
+    x = torch.randn(3, 10, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(x)
+    out.square().sum().backward()  # e3nn's Linear runs under autocast too
+    assert out.dtype == torch.float32 and x.grad is not None

@@ -120,7 +120,7 @@ def test_backward_skips_gradients_the_pass_does_not_use(monkeypatch):
     element = torch.tensor([0, 3, 3, 1, 0])
     x.requires_grad_()
     weight.requires_grad_()
-    # as the modules pass it: a view of the parameter (of a leaf, autograd.grad cannot say whether it is used)
+    # as the modules pass it: a view of the parameter (for a requested leaf the engine cannot answer: kept)
     out = element_linear(x, element, weight.view_as(weight), 0.5)
     (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     assert calls == []  # the weight gradient was not computed
@@ -133,3 +133,29 @@ def test_backward_skips_gradients_the_pass_does_not_use(monkeypatch):
     calls.clear()
     element_linear(x, element, weight, 0.5).square().sum().backward()
     assert calls and weight.grad is not None
+
+
+def test_compiled_autograd_through_chained_ops():
+    """Under compiled autograd the backward is traced: a backward whose input comes from another of our ops'
+    backward keeps ``needs_input_grad`` (dynamo cannot trace the engine query) and the gradients are exact."""
+    from torch._dynamo import compiled_autograd
+
+    torch._dynamo.reset()
+    x, w, v = randn([(5, 3, 2), (4, 3, 3), (4, 3, 6)], torch.float64, 5)
+    element = torch.tensor([0, 3, 3, 1, 0])
+    leaves = [t.requires_grad_() for t in (x, w, v)]
+    twins = [t.detach().clone().requires_grad_() for t in leaves]
+    element_linear.op(element_linear.op(twins[0], element, twins[1], 0.5), element, twins[2], 0.3).square().sum().backward()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        element_linear(element_linear(x, element, w, 0.5), element, v, 0.3).square().sum().backward()
+    for leaf, twin in zip(leaves, twins):
+        torch.testing.assert_close(leaf.grad, twin.grad, rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_vmap_takes_the_registered_op():
+    x, weight = randn([(4, 5, 3, 3), (3, 2)], torch.float64, 6)
+    element = torch.tensor([0, 1, 1, 0, 1])
+    out = torch.func.vmap(lambda xi: element_linear(xi, element, weight.expand(2, 3, 2), 0.5))(x)
+    torch.testing.assert_close(out, torch.stack([element_linear(xi, element, weight.expand(2, 3, 2), 0.5) for xi in x]),
+                               rtol=0, atol=0)

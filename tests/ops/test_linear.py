@@ -94,3 +94,15 @@ def test_outer_bad_inputs():
     x, _, y = _inputs((6, 3, 5, 3), 6)
     with pytest.raises(ValueError, match=r"y must have shape \[n=6, mul_out, d=3\]"):
         ops.linear_outer(x, y[:, :, :2], 1.0)
+
+
+def test_reference_is_differentiable_and_ignores_autocast():
+    from batmobile_nn import reference
+
+    x, weight, _ = (t.requires_grad_() for t in _inputs((5, 3, 4, 3), 7))
+    assert torch.autograd.gradcheck(lambda x, w: reference.linear(x, w, 0.7), (x, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the op computes in its inputs' dtype, as its fake says
+        out = ops.linear(x.float(), weight.float(), 0.7)
+        outer = ops.linear_outer(x.float(), x.float(), 0.7)
+    assert out.dtype == outer.dtype == torch.float32
+    torch.testing.assert_close(out, oracle_linear(x, weight, 0.7).float().detach())
