@@ -97,6 +97,10 @@ class MACECalculator(StockMACECalculator):
         with self._eager_models():
             return super().get_descriptors(atoms, invariants_only, num_layers)
 
+    def get_dielectric_derivatives(self, atoms=None):  # dipole models: a call of another kind, run eagerly
+        with self._eager_models():
+            return super().get_dielectric_derivatives(atoms)
+
     @contextmanager
     def _eager_models(self):
         """The models without their CUDA-graph wrapper (a call of another kind would capture a graph anew)."""

@@ -120,6 +120,25 @@ def test_cuda_graph_step_wraps_the_model(model_path):
     assert same != CudaGraphStep.signature(data, {"compute_stress": False})
 
 
+def test_calls_of_another_kind_run_the_model_without_its_graph_wrapper(model_path, monkeypatch):
+    """Hessian, descriptors and dielectric derivatives call the model with other arguments than a step: they
+    see the model itself, not its CUDA-graph wrapper (which would capture a graph for each), and the wrapper
+    is back after."""
+    from mace.calculators import MACECalculator as StockMACECalculator
+
+    from batmobile_nn.calculators._graphs import CudaGraphStep
+
+    calculator = MACECalculator(model_paths=model_path, device="cpu")
+    wrapped = [CudaGraphStep(model) for model in calculator.models]
+    calculator.models = wrapped
+    seen = []
+    for name in ("get_hessian", "get_descriptors", "get_dielectric_derivatives"):
+        monkeypatch.setattr(StockMACECalculator, name, lambda self, *a, **k: seen.append(type(self.models[0])))
+        getattr(calculator, name)()
+        assert calculator.models is wrapped
+    assert seen == [type(wrapped[0]._orig_mod)] * 3 and seen[0] is not CudaGraphStep
+
+
 def test_a_failed_capture_falls_back_to_running_the_model(monkeypatch):
     """A model that cannot be captured (a part on the reference path reads data to the host) still runs:
     one warning, then no more capture attempts. (The capture itself needs a GPU; it is replaced here.)"""
