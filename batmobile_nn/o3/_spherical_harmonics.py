@@ -71,6 +71,11 @@ class SphericalHarmonics(torch.nn.Module):
         self._ls_list = ls
         self._lmax = max(ls)
 
+    @classmethod
+    def from_e3nn(cls, stock: o3.SphericalHarmonics) -> "SphericalHarmonics":
+        """The module computing what e3nn's ``stock`` computes (same degrees, input parity and normalization)."""
+        return cls(list(stock._ls_list), stock.normalize, stock.normalization, irreps_in=stock.irreps_in)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != 3:
             raise ValueError("SphericalHarmonics: x must have shape [..., 3], got " + str(list(x.shape)))

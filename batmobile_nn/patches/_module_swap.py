@@ -40,8 +40,10 @@ class ModuleSwap(Swap):
     def unpatch_block(self, block: torch.nn.Module) -> None:
         ours = getattr(block, self.attribute)
         stock = ours._batmobile_stock.module
-        # the device and dtype the model lives in now
-        reference = next(t for t in itertools.chain(ours.parameters(), ours.buffers()) if t.is_floating_point())
-        stock.to(device=reference.device, dtype=reference.dtype)
+        # the device and dtype the model lives in now (a module without tensors, e.g. the harmonics, has none)
+        reference = next((t for t in itertools.chain(ours.parameters(), ours.buffers()) if t.is_floating_point()),
+                         None)
+        if reference is not None:
+            stock.to(device=reference.device, dtype=reference.dtype)
         stock.load_state_dict(ours.state_dict(), strict=True)
         setattr(block, self.attribute, stock)

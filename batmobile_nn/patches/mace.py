@@ -3,7 +3,8 @@
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
 block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``), its skip connection
 (``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``), the symmetric
-contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``). The e3nn ``o3.Linear``s
+contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), and the model's edge
+spherical harmonics (-> ``batmobile_nn.o3.SphericalHarmonics``). The e3nn ``o3.Linear``s
 stay stock by default: ``LINEAR_SWAPS`` (interaction blocks' ``linear_up`` and ``linear``, product blocks, the
 node embedding and the readouts -> ``batmobile_nn.o3.Linear``) are opt-in, ``register_swap`` each, because
 on an H200 (MACE-MP-medium, float32) they measured more kernel launches and kernel time per training step
@@ -33,6 +34,7 @@ from mace.modules import symmetric_contraction as mace_sc
 from ._conv import ConvSwap
 from ._linear import LinearSwap
 from ._product import ProductSwap
+from ._sh import SphericalHarmonicsSwap
 from ._skip import SkipSwap
 from ._registry import UnsupportedBlockWarning, register_swap, registered_swaps
 
@@ -54,6 +56,7 @@ CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
 PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBlock, mace_sc.SymmetricContraction,
                                          lambda: mace_blocks.EquivariantProductBasisBlock.forward))
 SKIP_SWAP = register_swap(SkipSwap(lambda: SUPPORTED_BLOCKS))
+SH_SWAP = register_swap(SphericalHarmonicsSwap())  # the model's edge harmonics
 # opt-in (not registered): see the module docstring
 LINEAR_SWAPS = tuple(LinearSwap(attribute, classes) for attribute, classes in (
     ("linear_up", lambda: SUPPORTED_BLOCKS),

@@ -75,8 +75,10 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     stock_attributes = [sorted(vars(block)) for block in model.interactions]
     stock_linears = _linears(model)
     assert len(stock_linears) >= 8 and all(isinstance(m, e3nn_o3.Linear) for m in stock_linears.values())
+    stock_harmonics = model.spherical_harmonics
 
     assert batmobile_nn.patch(model) is model
+    assert type(model.spherical_harmonics) is batmobile_o3.SphericalHarmonics
     assert [type(block.conv_tp).__name__ for block in model.interactions] == ["EquivariantConv"] * 2
     assert [type(block.symmetric_contractions) for block in model.products] == [SymmetricContraction] * 2
     assert [type(block.skip_tp) for block in model.interactions] == [ElementLinear] * 2
@@ -88,6 +90,7 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     assert [block.symmetric_contractions for block in model.products] == stock_products
     assert [block.skip_tp for block in model.interactions] == stock_skips
     assert _linears(model) == stock_linears  # the linears are opt-in: stock by default
+    assert model.spherical_harmonics is stock_harmonics
     assert [sorted(vars(block)) for block in model.interactions] == stock_attributes  # no conv_fusion left
     assert not is_patched(model)
     _assert_state_dict_identical(model, before)

@@ -1,0 +1,40 @@
+"""The harmonics swap: a MACE model's e3nn ``spherical_harmonics`` becomes ``batmobile_nn.o3.SphericalHarmonics``.
+
+mace-torch's models compute ``edge_attrs = self.spherical_harmonics(vectors)`` with an e3nn
+``o3.SphericalHarmonics``, some forty small kernels forward and as many backward per call; ours is one
+kernel each way (and one for the double backward of training on forces). The module has no tensors;
+the stock one is kept unregistered and comes back on unpatch.
+"""
+
+from typing import Optional
+
+import torch
+from e3nn import o3
+
+from ..o3 import SphericalHarmonics
+from ._module_swap import ModuleSwap, StockModule
+
+
+class SphericalHarmonicsSwap(ModuleSwap):
+    """``model.spherical_harmonics`` (e3nn) -> ``batmobile_nn.o3.SphericalHarmonics``, for mace-torch's models."""
+
+    name = "spherical harmonics"
+    attribute = "spherical_harmonics"
+
+    def applies_to(self, block: torch.nn.Module) -> bool:
+        module = getattr(block, self.attribute, None)
+        return type(block).__module__.startswith("mace.") and (
+            isinstance(module, o3.SphericalHarmonics) or isinstance(getattr(module, "_batmobile_stock", None),
+                                                                    StockModule))
+
+    def why_unsupported(self, block: torch.nn.Module) -> Optional[str]:
+        if self.is_patched(block):
+            return None
+        try:
+            SphericalHarmonics.from_e3nn(block.spherical_harmonics)
+        except (ValueError, AttributeError) as error:
+            return f"its spherical_harmonics is not supported ({error})"
+        return None
+
+    def build(self, stock: torch.nn.Module) -> torch.nn.Module:
+        return SphericalHarmonics.from_e3nn(stock)
