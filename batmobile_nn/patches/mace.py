@@ -3,13 +3,14 @@
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
 block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``), its skip connection
 (``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``), the symmetric
-contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), and the model's edge
+contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), the radial MLP of every
+interaction block (``conv_tp_weights`` -> ``batmobile_nn.nn.FullyConnectedNet``), and the model's edge
 spherical harmonics (-> ``batmobile_nn.o3.SphericalHarmonics``). The e3nn ``o3.Linear``s
 stay stock by default: ``LINEAR_SWAPS`` (interaction blocks' ``linear_up`` and ``linear``, product blocks, the
 node embedding and the readouts -> ``batmobile_nn.o3.Linear``) are opt-in, ``register_swap`` each, because
 on an H200 (MACE-MP-medium, float32) they measured more kernel launches and kernel time per training step
 and a higher inference peak than e3nn's einsums (the transposed copies move from the forward into the
-backward). Other e3nn modules (gates, the radial MLP) stay stock; later swaps register themselves in the
+backward). Other e3nn modules (gates, readout MLPs) stay stock; later swaps register themselves in the
 same registry. Parameters are never touched: a patched model has the same ``state_dict`` (keys
 and tensors) as the stock one, so it loads into stock MACE and back, and ``unpatch`` gives back the
 stock modules (a pickled unpatched model holds no reference to batmobile_nn).
@@ -34,6 +35,7 @@ from mace.modules import symmetric_contraction as mace_sc
 from ._conv import ConvSwap
 from ._linear import LinearSwap
 from ._product import ProductSwap
+from ._radial import RadialSwap
 from ._sh import SphericalHarmonicsSwap
 from ._skip import SkipSwap
 from ._registry import UnsupportedBlockWarning, register_swap, registered_swaps
@@ -57,6 +59,7 @@ PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBloc
                                          lambda: mace_blocks.EquivariantProductBasisBlock.forward))
 SKIP_SWAP = register_swap(SkipSwap(lambda: SUPPORTED_BLOCKS))
 SH_SWAP = register_swap(SphericalHarmonicsSwap())  # the model's edge harmonics
+RADIAL_SWAP = register_swap(RadialSwap(lambda: SUPPORTED_BLOCKS))
 # opt-in (not registered): see the module docstring
 LINEAR_SWAPS = tuple(LinearSwap(attribute, classes) for attribute, classes in (
     ("linear_up", lambda: SUPPORTED_BLOCKS),

@@ -15,7 +15,7 @@ import batmobile_nn  # noqa: E402
 from batmobile_nn.patches import (Swap, UnsupportedBlockWarning, is_patched, register_swap,  # noqa: E402
                                   registered_swaps, unregister_swap)
 from batmobile_nn import o3 as batmobile_o3  # noqa: E402
-from batmobile_nn.nn import ElementLinear, SymmetricContraction  # noqa: E402
+from batmobile_nn.nn import ElementLinear, FullyConnectedNet, SymmetricContraction  # noqa: E402
 from e3nn import o3 as e3nn_o3  # noqa: E402
 from batmobile_nn.patches.mace import unpatched  # noqa: E402
 from mace_cases import (assert_outputs_close, build_model, bulk_structure, evaluate, make_batch,  # noqa: E402
@@ -76,9 +76,11 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     stock_linears = _linears(model)
     assert len(stock_linears) >= 8 and all(isinstance(m, e3nn_o3.Linear) for m in stock_linears.values())
     stock_harmonics = model.spherical_harmonics
+    stock_radials = [block.conv_tp_weights for block in model.interactions]
 
     assert batmobile_nn.patch(model) is model
     assert type(model.spherical_harmonics) is batmobile_o3.SphericalHarmonics
+    assert [type(block.conv_tp_weights) for block in model.interactions] == [FullyConnectedNet] * 2
     assert [type(block.conv_tp).__name__ for block in model.interactions] == ["EquivariantConv"] * 2
     assert [type(block.symmetric_contractions) for block in model.products] == [SymmetricContraction] * 2
     assert [type(block.skip_tp) for block in model.interactions] == [ElementLinear] * 2
@@ -91,6 +93,7 @@ def test_patch_keeps_the_state_dict_and_unpatch_restores_the_stock_modules(model
     assert [block.skip_tp for block in model.interactions] == stock_skips
     assert _linears(model) == stock_linears  # the linears are opt-in: stock by default
     assert model.spherical_harmonics is stock_harmonics
+    assert [block.conv_tp_weights for block in model.interactions] == stock_radials
     assert [sorted(vars(block)) for block in model.interactions] == stock_attributes  # no conv_fusion left
     assert not is_patched(model)
     _assert_state_dict_identical(model, before)

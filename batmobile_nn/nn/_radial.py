@@ -1,0 +1,86 @@
+"""``FullyConnectedNet``: e3nn's ``nn.FullyConnectedNet`` with SiLU (MACE's radial MLP) in fewer kernels.
+
+e3nn's layer computes ``act(x @ (w / sqrt(fan_in))) * cst`` as five kernels (the weight's scaling, the
+product, the activation, its normalization constant and a multiply by ``var_out ** 0.5``); here each layer
+is one ``addmm`` whose ``alpha`` carries the weight's scaling and the previous activation's constant, and
+the activation. Same parameters (the stock layers themselves, same ``state_dict``), same function.
+"""
+
+from typing import List, Optional
+
+import torch
+from e3nn import nn as e3nn_nn
+from torch import Tensor
+
+
+def unsupported(stock: torch.nn.Module) -> Optional[str]:
+    """Why ``stock`` is not an e3nn ``FullyConnectedNet`` with normalized SiLU hidden activations (None when it is)."""
+    if not isinstance(stock, e3nn_nn.FullyConnectedNet):
+        return f"it is a {type(stock).__module__}.{type(stock).__qualname__}, not an e3nn FullyConnectedNet"
+    for layer in stock:
+        act = layer.act
+        if act is not None and getattr(act, "f", None) is not torch.nn.functional.silu:
+            return f"its activation is {act!r}, not e3nn's normalized SiLU"
+        if layer.weight.dim() != 2:
+            return "a layer's weight is not a matrix"
+    return None
+
+
+class FullyConnectedNet(torch.nn.Module):
+    """e3nn's ``nn.FullyConnectedNet(hs, torch.nn.functional.silu, ...)``: the same layers and parameters.
+
+    Args:
+        hs: input, hidden and output sizes.
+        **kwargs: e3nn's ``variance_in``, ``variance_out``, ``out_act``.
+
+    >>> mlp = FullyConnectedNet([8, 64, 64, 1280])
+    >>> mlp(torch.randn(5, 8)).shape
+    torch.Size([5, 1280])
+    """
+
+    hs: List[int]
+    _alphas: List[float]  # per layer: the product's scale (weight normalization x previous activation constant)
+    _acts: List[bool]
+    _out_scale: float  # the last activation's constant (out_act), else 1
+
+    def __init__(self, hs: List[int], _stock: Optional[e3nn_nn.FullyConnectedNet] = None, **kwargs):
+        super().__init__()
+        stock = _stock if _stock is not None else e3nn_nn.FullyConnectedNet(hs, torch.nn.functional.silu, **kwargs)
+        reason = unsupported(stock)
+        if reason is not None:
+            raise ValueError(f"FullyConnectedNet: {stock} is not supported: {reason}")
+        self.hs = list(stock.hs)
+        self._alphas, self._acts = [], []
+        previous = 1.0  # the constant the previous layer's output still has to be multiplied by
+        for i, layer in enumerate(stock):
+            self.add_module(f"layer{i}", layer)  # the stock layer itself: same parameter, same state_dict key
+            if layer.act is not None:
+                scale = (layer.h_in * layer.var_in) ** -0.5
+                after = (1.0 if layer.act._is_id else layer.act.cst) * layer.var_out ** 0.5
+            else:
+                scale, after = (layer.h_in * layer.var_in / layer.var_out) ** -0.5, 1.0
+            self._alphas.append(previous * scale)
+            self._acts.append(layer.act is not None)
+            previous = after
+        self._out_scale = previous
+
+    @classmethod
+    def from_e3nn(cls, stock: e3nn_nn.FullyConnectedNet) -> "FullyConnectedNet":
+        """The module computing what ``stock`` computes, holding ``stock``'s layers."""
+        return cls(getattr(stock, "hs", []), _stock=stock)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [..., hs[0]]`` -> ``[..., hs[-1]]``."""
+        batch = list(x.shape[:-1])
+        h = x.reshape(-1, x.shape[-1])  # [n, hs[0]]
+        empty = h.new_empty(())  # addmm's first argument, not read (beta = 0)
+        for i, layer in enumerate(self.children()):
+            h = torch.addmm(empty, h, layer.weight, beta=0, alpha=self._alphas[i])  # [n, hs[i + 1]]
+            if self._acts[i]:
+                h = torch.nn.functional.silu(h)
+        if self._out_scale != 1.0:
+            h = h * self._out_scale
+        return h.reshape(batch + [h.shape[-1]])
+
+    def extra_repr(self) -> str:
+        return f"{self.hs}, silu"
