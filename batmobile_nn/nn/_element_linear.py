@@ -52,6 +52,8 @@ class ElementLinear(torch.nn.Module):
     _paths: List[List[int]]
     _alphas: List[float]
     _out_blocks: List[List[int]]
+    _in_sizes: List[int]
+    _weight_sizes: List[int]
 
     def __init__(self, irreps_in, irreps_out, num_elements: int, _stock: Optional[o3.TensorProduct] = None):
         super().__init__()
@@ -65,18 +67,19 @@ class ElementLinear(torch.nn.Module):
         self._dim_in = self.irreps_in.dim
         self.weight = stock.weight  # [weight_numel], e3nn's layout: per path [mul_in, num_elements, mul_out]
         self.register_buffer("output_mask", stock.output_mask)
-        in_starts = [s.start for s in self.irreps_in.slices()]
-        # per path: input block (start, mul, d), output block index, weight offset, mul_out, alpha
+        # one split of the input into its irrep blocks and of the weight into its paths (see o3.Linear)
+        self._in_sizes: List[int] = [mul * ir.dim for mul, ir in self.irreps_in]
+        self._weight_sizes: List[int] = []
+        # per path: input block index, mul_in, d, output block index, mul_out
         self._paths: List[List[int]] = []
         self._alphas: List[float] = []
-        offset = 0
         for ins in stock.instructions:
             mul_in, ir = self.irreps_in[ins.i_in1]
             mul_out = self.irreps_out[ins.i_out].mul
-            self._paths.append([in_starts[ins.i_in1], mul_in, ir.dim, ins.i_out, offset, mul_out])
+            self._paths.append([ins.i_in1, mul_in, ir.dim, ins.i_out, mul_out])
             # e3nn: path_weight times the (l, 0, l) coupling, which is the identity over sqrt(2l + 1)
             self._alphas.append(ins.path_weight / ir.dim ** 0.5)
-            offset += mul_in * self.num_elements * mul_out
+            self._weight_sizes.append(mul_in * self.num_elements * mul_out)
         self._out_blocks: List[List[int]] = [[mul, ir.dim] for mul, ir in self.irreps_out]
 
     @classmethod
@@ -95,11 +98,12 @@ class ElementLinear(torch.nn.Module):
             raise ValueError("x must have shape [n_nodes, " + str(self._dim_in) + "], got " + str(list(x.shape)))
         element = element_of(y, x.shape[0], self.num_elements)  # [n_nodes]
         outs: List[Optional[Tensor]] = [None for _ in self._out_blocks]
-        for path, alpha in zip(self._paths, self._alphas):
-            start, mul_in, d, i_out, offset, mul_out = path
-            xi = x[:, start:start + mul_in * d].reshape(n, mul_in, d)  # [n, mul_in, d]
-            w = self.weight[offset:offset + mul_in * self.num_elements * mul_out]
-            w = w.view(mul_in, self.num_elements, mul_out).transpose(0, 1)  # [E, mul_in, mul_out]
+        blocks = x.split_with_sizes(self._in_sizes, dim=1)  # views [n, mul * d]
+        weights = self.weight.split_with_sizes(self._weight_sizes)
+        for k, (path, alpha) in enumerate(zip(self._paths, self._alphas)):
+            i_in, mul_in, d, i_out, mul_out = path
+            xi = blocks[i_in].reshape(n, mul_in, d)  # [n, mul_in, d]
+            w = weights[k].view(mul_in, self.num_elements, mul_out).transpose(0, 1)  # [E, mul_in, mul_out]
             if torch.jit.is_scripting():
                 yi = torch.ops.batmobile.element_linear(xi, element, w, alpha)  # [n, mul_out, d]
             else:  # eager: without the custom-op layers (ops/_eager.py)

@@ -49,6 +49,8 @@ class Linear(torch.nn.Module):
     _paths: List[List[int]]
     _alphas: List[float]
     _out_blocks: List[List[int]]
+    _in_sizes: List[int]
+    _weight_sizes: List[int]
 
     def __init__(self, irreps_in, irreps_out, _stock: Optional[o3.Linear] = None, **kwargs):
         super().__init__()
@@ -63,18 +65,20 @@ class Linear(torch.nn.Module):
         self.weight = stock.weight  # [weight_numel], e3nn's layout: per instruction [mul_in, mul_out]
         self.register_buffer("bias", stock.bias)  # e3nn's empty bias buffer, for the same state_dict
         self.register_buffer("output_mask", stock.output_mask)
-        in_starts = [s.start for s in self.irreps_in.slices()]
-        # per instruction: input block (start, mul, d), output block index, weight offset, mul_out
+        # the input split into its irrep blocks and the weight into its instructions' matrices, one split each
+        # (a backward of one concatenation, where slices would each fill a zero tensor of the whole size)
+        self._in_sizes: List[int] = [mul * ir.dim for mul, ir in self.irreps_in]
+        self._weight_sizes: List[int] = []
+        # per instruction with weights: input block index, mul_in, d, output block index, mul_out
         self._paths: List[List[int]] = []
         self._alphas: List[float] = []
-        offset = 0
         for ins in stock.instructions:
             mul_in, ir = self.irreps_in[ins.i_in]
             mul_out = self.irreps_out[ins.i_out].mul
             if mul_in * mul_out > 0:
-                self._paths.append([in_starts[ins.i_in], mul_in, ir.dim, ins.i_out, offset, mul_out])
+                self._paths.append([ins.i_in, mul_in, ir.dim, ins.i_out, mul_out])
                 self._alphas.append(float(ins.path_weight))
-            offset += mul_in * mul_out
+                self._weight_sizes.append(mul_in * mul_out)
         self._out_blocks: List[List[int]] = [[mul, ir.dim] for mul, ir in self.irreps_out]
 
     @classmethod
@@ -91,10 +95,12 @@ class Linear(torch.nn.Module):
         x = features.reshape(-1, self._dim_in)  # [n, dim_in]
         n = x.shape[0]
         outs: List[Optional[Tensor]] = [None for _ in self._out_blocks]
-        for path, alpha in zip(self._paths, self._alphas):
-            start, mul_in, d, i_out, offset, mul_out = path
-            xi = x[:, start:start + mul_in * d].reshape(n, mul_in, d)  # [n, mul_in, d], a view
-            w = self.weight[offset:offset + mul_in * mul_out].view(mul_in, mul_out)
+        blocks = x.split_with_sizes(self._in_sizes, dim=1)  # views [n, mul * d]
+        weights = self.weight.split_with_sizes(self._weight_sizes)
+        for k, (path, alpha) in enumerate(zip(self._paths, self._alphas)):
+            i_in, mul_in, d, i_out, mul_out = path
+            xi = blocks[i_in].reshape(n, mul_in, d)  # [n, mul_in, d], a view
+            w = weights[k].view(mul_in, mul_out)
             if torch.jit.is_scripting():
                 yi = torch.ops.batmobile.linear(xi, w, alpha)  # [n, mul_out, d]
             else:  # eager: without the custom-op layers (ops/_eager.py)
