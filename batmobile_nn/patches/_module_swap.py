@@ -7,6 +7,7 @@ The block keeps its class and ``forward``; the new module holds the stock module
 
 import itertools
 from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,9 +22,34 @@ class StockModule:
 
 
 class ModuleSwap(Swap):
-    """Subclass with ``attribute`` (the submodule's name) and ``build(stock)`` (ours, holding stock's tensors)."""
+    """Subclass with ``attribute`` (the submodule's name), ``stock_types`` (the stock module's classes),
+    ``unsupported(stock)`` (why ours cannot compute it, or None) and ``build(stock)`` (ours, holding stock's
+    tensors)."""
 
     attribute: str = ""
+    stock_types: Tuple[type, ...] = ()
+
+    def __init__(self, block_classes: Optional[Callable[[], Sequence[type]]] = None):
+        self._block_classes = block_classes  # the blocks it is about (called at patch time), or any
+
+    def applies_to(self, block: torch.nn.Module) -> bool:
+        classes = () if self._block_classes is None else tuple(self._block_classes())
+        return (self._block_classes is None or isinstance(block, classes)) and self.holds_swappable(block)
+
+    def unsupported(self, stock: torch.nn.Module) -> Optional[str]:
+        return None
+
+    def holds_swappable(self, block: torch.nn.Module) -> bool:
+        """Whether ``block.<attribute>`` is a stock module this swap is about, or ours in its place."""
+        module = getattr(block, self.attribute, None)
+        return isinstance(module, self.stock_types) or isinstance(getattr(module, "_batmobile_stock", None),
+                                                                  StockModule)
+
+    def why_unsupported(self, block: torch.nn.Module) -> Optional[str]:
+        if self.is_patched(block):
+            return None
+        reason = self.unsupported(getattr(block, self.attribute))
+        return None if reason is None else f"its {self.attribute} is not supported ({reason})"
 
     def build(self, stock: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError

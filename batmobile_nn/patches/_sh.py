@@ -12,7 +12,7 @@ import torch
 from e3nn import o3
 
 from ..o3 import SphericalHarmonics
-from ._module_swap import ModuleSwap, StockModule
+from ._module_swap import ModuleSwap
 
 
 class SphericalHarmonicsSwap(ModuleSwap):
@@ -20,20 +20,16 @@ class SphericalHarmonicsSwap(ModuleSwap):
 
     name = "spherical harmonics"
     attribute = "spherical_harmonics"
+    stock_types = (o3.SphericalHarmonics,)
 
     def applies_to(self, block: torch.nn.Module) -> bool:
-        module = getattr(block, self.attribute, None)
-        return type(block).__module__.startswith("mace.") and (
-            isinstance(module, o3.SphericalHarmonics) or isinstance(getattr(module, "_batmobile_stock", None),
-                                                                    StockModule))
+        return type(block).__module__.startswith("mace.") and self.holds_swappable(block)
 
-    def why_unsupported(self, block: torch.nn.Module) -> Optional[str]:
-        if self.is_patched(block):
-            return None
+    def unsupported(self, stock: torch.nn.Module) -> Optional[str]:
         try:
-            SphericalHarmonics.from_e3nn(block.spherical_harmonics)
+            SphericalHarmonics.from_e3nn(stock)
         except (ValueError, AttributeError) as error:
-            return f"its spherical_harmonics is not supported ({error})"
+            return str(error)
         return None
 
     def build(self, stock: torch.nn.Module) -> torch.nn.Module:

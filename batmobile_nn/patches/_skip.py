@@ -14,7 +14,7 @@ from e3nn import o3
 
 from ..nn import ElementLinear
 from ..nn._element_linear import _unsupported
-from ._module_swap import ModuleSwap, StockModule
+from ._module_swap import ModuleSwap
 
 
 class SkipSwap(ModuleSwap):
@@ -22,21 +22,11 @@ class SkipSwap(ModuleSwap):
 
     name = "skip"
     attribute = "skip_tp"
+    stock_types = (o3.TensorProduct,)  # (mace's ResidualNonLinear block's skip is an o3.Linear: not this swap)
 
-    def __init__(self, block_classes):
-        self._block_classes = block_classes
-
-    def applies_to(self, block: torch.nn.Module) -> bool:
-        # blocks whose skip is an e3nn tensor product (mace's ResidualNonLinear block's is an o3.Linear)
-        skip = getattr(block, "skip_tp", None)
-        return isinstance(block, tuple(self._block_classes())) and (
-            isinstance(skip, o3.TensorProduct) or isinstance(getattr(skip, "_batmobile_stock", None), StockModule))
-
-    def why_unsupported(self, block: torch.nn.Module) -> Optional[str]:
-        if self.is_patched(block):
-            return None
-        reason = _unsupported(block.skip_tp)
-        return None if reason is None else f"its skip_tp is not a per-element linear ({reason})"
+    def unsupported(self, stock: torch.nn.Module) -> Optional[str]:
+        reason = _unsupported(stock)
+        return None if reason is None else f"not a per-element linear: {reason}"
 
     def build(self, stock: torch.nn.Module) -> torch.nn.Module:
         return ElementLinear.from_e3nn(stock)
