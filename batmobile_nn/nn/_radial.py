@@ -18,9 +18,13 @@ def unsupported(stock: torch.nn.Module) -> Optional[str]:
     if not isinstance(stock, e3nn_nn.FullyConnectedNet):
         return f"it is a {type(stock).__module__}.{type(stock).__qualname__}, not an e3nn FullyConnectedNet"
     for layer in stock:
-        act = layer.act
+        act = getattr(layer, "act", None)
         if act is not None and getattr(act, "f", None) is not torch.nn.functional.silu:
             return f"its activation is {act!r}, not e3nn's normalized SiLU"
+        if act is not None and not (hasattr(act, "cst") and hasattr(act, "_is_id")):
+            return "its activation has no normalization constant (another e3nn version's layers?)"
+        if not all(hasattr(layer, name) for name in ("weight", "h_in", "var_in", "var_out")):
+            return "a layer lacks e3nn's weight / h_in / var_in / var_out (another e3nn version's layers?)"
         if layer.weight.dim() != 2:
             return "a layer's weight is not a matrix"
     return None
@@ -31,7 +35,8 @@ class FullyConnectedNet(torch.nn.Module):
 
     Args:
         hs: input, hidden and output sizes.
-        **kwargs: e3nn's ``variance_in``, ``variance_out``, ``out_act``.
+        act: ``torch.nn.functional.silu`` (the one activation supported).
+        variance_in, variance_out, out_act: as e3nn's.
 
     >>> mlp = FullyConnectedNet([8, 64, 64, 1280])
     >>> mlp(torch.randn(5, 8)).shape
@@ -43,9 +48,12 @@ class FullyConnectedNet(torch.nn.Module):
     _acts: List[bool]
     _out_scale: float  # the last activation's constant (out_act), else 1
 
-    def __init__(self, hs: List[int], _stock: Optional[e3nn_nn.FullyConnectedNet] = None, **kwargs):
+    def __init__(self, hs: List[int], act=torch.nn.functional.silu, variance_in: float = 1, variance_out: float = 1,
+                 out_act: bool = False, *, _stock: Optional[e3nn_nn.FullyConnectedNet] = None):
         super().__init__()
-        stock = _stock if _stock is not None else e3nn_nn.FullyConnectedNet(hs, torch.nn.functional.silu, **kwargs)
+        if _stock is None and act is not torch.nn.functional.silu:
+            raise ValueError(f"FullyConnectedNet: the activation must be torch.nn.functional.silu, got {act!r}")
+        stock = _stock if _stock is not None else e3nn_nn.FullyConnectedNet(hs, act, variance_in, variance_out, out_act)
         reason = unsupported(stock)
         if reason is not None:
             raise ValueError(f"FullyConnectedNet: {stock} is not supported: {reason}")

@@ -16,14 +16,11 @@ from ._module_swap import ModuleSwap
 
 
 class SphericalHarmonicsSwap(ModuleSwap):
-    """``model.spherical_harmonics`` (e3nn) -> ``batmobile_nn.o3.SphericalHarmonics``, for mace-torch's models."""
+    """``model.spherical_harmonics`` (e3nn) -> ``batmobile_nn.o3.SphericalHarmonics``, for models of the classes given."""
 
     name = "spherical harmonics"
     attribute = "spherical_harmonics"
     stock_types = (o3.SphericalHarmonics,)
-
-    def applies_to(self, block: torch.nn.Module) -> bool:
-        return type(block).__module__.startswith("mace.") and self.holds_swappable(block)
 
     def unsupported(self, stock: torch.nn.Module) -> Optional[str]:
         try:

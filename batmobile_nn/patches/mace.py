@@ -3,9 +3,10 @@
 What is swapped (see ``batmobile_nn.patches.registered_swaps``): the convolution of every interaction
 block (``conv_tp`` + ``scatter_sum`` -> ``batmobile_nn.nn.EquivariantConv``), its skip connection
 (``skip_tp``, a per-element e3nn tensor product -> ``batmobile_nn.nn.ElementLinear``), the symmetric
-contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), the radial MLP of every
-interaction block (``conv_tp_weights`` -> ``batmobile_nn.nn.FullyConnectedNet``), and the model's edge
-spherical harmonics (-> ``batmobile_nn.o3.SphericalHarmonics``). The e3nn ``o3.Linear``s
+contraction of every product block (-> ``batmobile_nn.nn.SymmetricContraction``), the radial MLP of the
+interaction blocks whose ``conv_tp_weights`` is e3nn's SiLU ``FullyConnectedNet`` (-> ``batmobile_nn.nn.
+FullyConnectedNet``; the ResidualNonLinear block's, mace's own ``RadialMLP``, stays stock), and the edge
+spherical harmonics of mace's models and their subclasses (-> ``batmobile_nn.o3.SphericalHarmonics``). The e3nn ``o3.Linear``s
 stay stock by default: ``LINEAR_SWAPS`` (interaction blocks' ``linear_up`` and ``linear``, product blocks, the
 node embedding and the readouts -> ``batmobile_nn.o3.Linear``) are opt-in, ``register_swap`` each, because
 on an H200 (MACE-MP-medium, float32) they measured more kernel launches and kernel time per training step
@@ -30,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 from mace.modules import blocks as mace_blocks
+from mace.modules import models as mace_models
 from mace.modules import symmetric_contraction as mace_sc
 
 from ._conv import ConvSwap
@@ -50,6 +52,10 @@ SUPPORTED_BLOCKS: Tuple[type, ...] = (
 )
 
 
+# mace-torch's model classes (and subclasses) that compute their edges' harmonics with ``self.spherical_harmonics``
+MACE_MODELS: Tuple[type, ...] = (mace_models.MACE, mace_models.AtomicDipolesMACE, mace_models.EnergyDipolesMACE)
+
+
 def _fused_forwards() -> List[Callable]:
     return [cls.forward for cls in SUPPORTED_BLOCKS]
 
@@ -58,7 +64,7 @@ CONV_SWAP = register_swap(ConvSwap(_fused_forwards))
 PRODUCT_SWAP = register_swap(ProductSwap(mace_blocks.EquivariantProductBasisBlock, mace_sc.SymmetricContraction,
                                          lambda: mace_blocks.EquivariantProductBasisBlock.forward))
 SKIP_SWAP = register_swap(SkipSwap(lambda: SUPPORTED_BLOCKS))
-SH_SWAP = register_swap(SphericalHarmonicsSwap())  # the model's edge harmonics
+SH_SWAP = register_swap(SphericalHarmonicsSwap(lambda: MACE_MODELS))  # the model's edge harmonics
 RADIAL_SWAP = register_swap(RadialSwap(lambda: SUPPORTED_BLOCKS))
 # opt-in (not registered): see the module docstring
 LINEAR_SWAPS = tuple(LinearSwap(attribute, classes) for attribute, classes in (
@@ -107,7 +113,8 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
             if reason is None and not swap.is_patched(block):
                 try:
                     swap.patch_block(block)
-                except ValueError as error:  # the block stays stock: swaps change nothing before they succeed
+                except (ValueError, AttributeError) as error:  # the block stays stock: swaps change nothing
+                    # before they succeed (AttributeError: a module pickled with another version of its library)
                     reason = f"the {swap.name} swap failed: {error}"
             if reason is not None:
                 unsupported.setdefault(type(block).__name__, {}).setdefault(reason, []).append(name)

@@ -307,3 +307,19 @@ def test_opt_in_linear_swaps(model, batch, stock_outputs):
     finally:
         for swap in LINEAR_SWAPS:
             unregister_swap(swap)
+
+
+def test_harmonics_of_user_subclasses_and_radial_mlps_it_cannot_read(model, batch, stock_outputs):
+    """A subclass of a mace model defined outside mace gets the harmonics swap too; a radial MLP whose layers lack
+    e3nn's attributes (pickled with another e3nn) stays stock with a warning, and the rest is patched."""
+    model.__class__ = type("UserMACE", (type(model),), {"__module__": "user_code"})
+    del model.interactions[1].conv_tp_weights.layer1.__dict__["var_in"]
+    with pytest.warns(UnsupportedBlockWarning, match="conv_tp_weights is not supported"):
+        batmobile_nn.patch(model)
+    assert type(model.spherical_harmonics) is batmobile_o3.SphericalHarmonics
+    assert type(model.interactions[0].conv_tp_weights) is FullyConnectedNet
+    assert type(model.interactions[1].conv_tp_weights).__name__ == "FullyConnectedNet"  # e3nn's, stock
+    assert type(model.interactions[1].conv_tp_weights) is not FullyConnectedNet
+    assert type(model.interactions[1].conv_tp).__name__ == "EquivariantConv"  # the block's other swaps applied
+    model.interactions[1].conv_tp_weights.layer1.var_in = 1.0  # back, to compare with the stock outputs
+    assert_outputs_close(evaluate(model, batch), stock_outputs, 1e-10)

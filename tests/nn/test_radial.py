@@ -51,3 +51,14 @@ def test_refuses_other_activations():
         FullyConnectedNet.from_e3nn(e3nn_nn.FullyConnectedNet([4, 8, 2], torch.tanh))
     with pytest.raises(ValueError, match="not an e3nn FullyConnectedNet"):
         FullyConnectedNet.from_e3nn(torch.nn.Linear(4, 2))
+
+
+def test_constructor_takes_e3nns_positional_arguments():
+    torch.manual_seed(0)
+    stock = e3nn_nn.FullyConnectedNet([8, 16, 4], torch.nn.functional.silu, 2.0, 3.0, True)
+    ours = FullyConnectedNet([8, 16, 4], torch.nn.functional.silu, 2.0, 3.0, True)
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(ours(x), stock(x))
+    with pytest.raises(ValueError, match="must be torch.nn.functional.silu"):
+        FullyConnectedNet([8, 16, 4], torch.tanh)
