@@ -29,7 +29,6 @@ import gc
 import itertools
 import json
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ import batmobile_nn  # noqa: F401  (before e3nn / mace: sets TORCH_FORCE_NO_WEIG
 import numpy as np
 import torch
 from ase.build import bulk
-from batmobile_nn.commands.bench import source_digest
+from batmobile_nn.commands.bench import git_info
 from e3nn import o3
 from mace import data as mace_data, modules
 from mace.tools import AtomicNumberTable, torch_geometric
@@ -271,14 +270,10 @@ def environment(device):
         name = (dist.metadata["Name"] or "").lower()
         if name in names or name.startswith("cuequivariance"):
             versions.setdefault(name, dist.version)
-
-    def git(*cmd):
-        out = subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"device": name, "versions": versions, "git_revision": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "source_digest": source_digest(REPO)}  # the code that ran, where a copied tree's .git is stale
+    code = git_info(REPO)  # source_digest: the code that ran, where a copied tree's .git is stale
+    return {"device": name, "versions": versions, "git_revision": code["revision"], "git_dirty": code["dirty"],
+            "source_digest": code["source_digest"]}
 
 
 def caught_notes(caught):

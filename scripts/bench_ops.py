@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import time
 
 import torch
@@ -59,16 +58,10 @@ def timed(fn, device, repeats=None):
 def code_revision() -> dict:
     """The git revision and the source digest of the code that runs (the digest names it where a copied tree's
     .git is stale, as on the GPU machine)."""
-    from batmobile_nn.commands.bench import source_digest
+    from batmobile_nn.commands.bench import git_info  # the harness's record of the code
 
-    root = pathlib.Path(__file__).resolve().parents[1]
-
-    def git(*cmd):
-        done = subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_revision": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-            "source_digest": source_digest(root)}
+    info = git_info(pathlib.Path(__file__).resolve().parents[1])
+    return {"git_revision": info["revision"], "git_dirty": info["dirty"], "source_digest": info["source_digest"]}
 
 
 def copy_bandwidth(device) -> float:
