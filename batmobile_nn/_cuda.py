@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _build, _element_linear, _sc, _uvu, reference
+from . import _backend, _build, _element_linear, _sc, _uvu, _uvw, reference
 from ._identity import identity
 from .ops import _checks, _plan, _trilinear
 
@@ -177,6 +177,9 @@ def _sorted_graph(index: Tensor, n_nodes: int):
 
 # ---- tensor product and convolution ---------------------------------------------------------------
 def tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg: List[float]) -> Tensor:
+    uvw = _uvw.kernels_for(plan, cg, in1.dtype, in1.device, weight.dim() == 2)
+    if uvw is not None:
+        return _uvw.forward(uvw, in1, in2, weight)
     uvu = _uvu.kernels_for(plan, cg, in1.dtype, in1.device, weight.dim() == 2)
     if uvu is not None:
         return _uvu.forward(uvu, in1, in2, weight, None, None, None)
@@ -190,6 +193,9 @@ def tensor_product(in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int], cg
 
 def tensor_product_backward(grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor, plan: List[int],
                             cg: List[float], needs: List[bool]):
+    uvw = _uvw.kernels_for(plan, cg, in1.dtype, in1.device, weight.dim() == 2)
+    if uvw is not None:
+        return _uvw.backward(uvw, grad_out, in1, in2, weight, needs)
     uvu = _uvu.kernels_for(plan, cg, in1.dtype, in1.device, weight.dim() == 2)
     if uvu is not None:
         return _uvu.backward(uvu, grad_out, in1, in2, weight, None, None, None, needs)
