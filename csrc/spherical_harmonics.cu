@@ -131,6 +131,45 @@ __global__ void sh_forward_kernel(const T* __restrict__ vectors, int64_t n, ShLa
   });
 }
 
+// The same values, staged in shared memory so that the stores to out are coalesced: one thread per vector
+// writes its n_out values n_out * sizeof(T) bytes apart from its neighbour's (a 32-thread store touches 32
+// sectors); the block's tile of rows is copied out contiguously instead. The row stride in shared memory
+// is odd, so the threads' writes fall in different banks.
+template <int LMAX, typename T>
+__global__ void sh_forward_staged_kernel(const T* __restrict__ vectors, int64_t n, ShLayout layout,
+                                         T* __restrict__ out) {
+  extern __shared__ unsigned char sh_stage[];
+  T* tile = reinterpret_cast<T*>(sh_stage);  // [blockDim.x, stride]
+  const int stride = layout.n_out | 1;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x);
+  const int64_t e = first + threadIdx.x;
+  if (e < n) {
+    const Unit<T> unit(vectors + 3 * e, layout.normalize);
+    T p[3][LMAX + 1];
+    powers<LMAX>(unit.u, p);
+    static_for<LMAX + 1>([&](auto lc) {
+      constexpr int L = decltype(lc)::value;
+      if (!has_degree(layout, L)) return;
+      T Y[2 * L + 1];
+#pragma unroll
+      for (int m = 0; m < 2 * L + 1; ++m) Y[m] = T(0);
+      for_each_term<L>([&](auto t) {
+        constexpr ShTerm s = SH_TERMS[decltype(t)::value];
+        Y[s.m] += T(s.coef) * monomial<s.a, s.b, s.c, LMAX>(p);
+      });
+      scatter_values<L>(layout, Y, tile + threadIdx.x * stride);
+    });
+  }
+  __syncthreads();
+  const int rows = static_cast<int>(n - first < blockDim.x ? n - first : blockDim.x);
+  const int total = rows * layout.n_out;
+  T* dst = out + first * layout.n_out;  // the block's rows are contiguous in out
+  for (int j = threadIdx.x; j < total; j += blockDim.x) {
+    const int r = j / layout.n_out;
+    dst[j] = tile[r * stride + (j - r * layout.n_out)];
+  }
+}
+
 // Derivatives of the monomial x^a y^b z^c: first (d[3]) and second (h = h00 h11 h22 h01 h02 h12).
 template <int A, int B, int C, int LMAX, typename T>
 __device__ __forceinline__ void monomial_gradient(const T (&p)[3][LMAX + 1], T (&d)[3]) {
@@ -253,6 +292,7 @@ void dispatch_lmax(c10::IntArrayRef ls, F&& f) {
 }
 
 constexpr int SH_THREADS = 128;
+constexpr size_t SH_STAGE_MAX_BYTES = 48 * 1024;  // shared memory a launch may take without opting in
 
 inline int64_t blocks_for(int64_t n) { return (n + SH_THREADS - 1) / SH_THREADS; }
 
@@ -265,9 +305,18 @@ at::Tensor sh_forward(const at::Tensor& vectors, c10::IntArrayRef ls, bool norma
   if (n == 0) return out;
   c10::cuda::CUDAGuard guard(vectors.device());
   BATMOBILE_DISPATCH_FLOAT(vectors.scalar_type(), "sh_forward", [&] {
+    // staged stores when the block's tile fits the default 48 KB of shared memory (l <= 3: 8.7 KB in float32)
+    const size_t stage_bytes = static_cast<size_t>(SH_THREADS) * (layout.n_out | 1) * sizeof(scalar_t);
     dispatch_lmax(ls, [&](auto lc) {
-      sh_forward_kernel<decltype(lc)::value, scalar_t><<<blocks_for(n), SH_THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          vectors.data_ptr<scalar_t>(), n, layout, out.data_ptr<scalar_t>());
+      if (stage_bytes <= SH_STAGE_MAX_BYTES) {
+        sh_forward_staged_kernel<decltype(lc)::value, scalar_t>
+            <<<blocks_for(n), SH_THREADS, stage_bytes, c10::cuda::getCurrentCUDAStream()>>>(
+                vectors.data_ptr<scalar_t>(), n, layout, out.data_ptr<scalar_t>());
+      } else {
+        sh_forward_kernel<decltype(lc)::value, scalar_t>
+            <<<blocks_for(n), SH_THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
+                vectors.data_ptr<scalar_t>(), n, layout, out.data_ptr<scalar_t>());
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
