@@ -76,6 +76,7 @@ def kernel(source: str, name: str, device: torch.device) -> int:
         with _lock:
             handle = _handles.get(key)
             if handle is None:
+                _build.load(device)  # jit_load lives in the extension (a no-op once it is loaded)
                 major, minor = torch.cuda.get_device_capability(index)
                 image = torch.frombuffer(bytearray(_cubin(source, name, f"{major}{minor}")), dtype=torch.uint8)
                 with torch.cuda.device(index):

@@ -33,6 +33,7 @@ SMEM_LIMIT = 46 * 1024  # static shared memory per block (48 KB), with room for 
 MAX_ACC = 64  # output values a thread keeps in registers (EPT x per-channel outputs)
 # samples per thread group in the forward and backward tiles (fewer where shared memory or registers run out)
 SAMPLES_PER_GROUP = {"float": 2, "double": 1}
+MIN_BLOCKS = {"fwd": 1, "bwd": 1, "wgrad": 1}  # __launch_bounds__'s blocks per multiprocessor (caps registers)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def forward_source(spec: UvwSpec, ctype: str) -> str:
     groups = THREADS // spec.c_out
     ept, c_in, c_out, slots = tile // groups, spec.c_in, spec.c_out, spec.n_slots_out
     lines = _header(ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({THREADS}) bm_uvw_fwd(',
+        f'extern "C" __global__ void __launch_bounds__({THREADS}, {MIN_BLOCKS["fwd"]}) bm_uvw_fwd(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w, T* __restrict__ out,",
         "    long long n_edges) {",
         f"  __shared__ __align__(16) T s_t[2][{tile * spec.max_d_out * c_in}];  // per path: t [{tile}, d_out, {c_in}]",
@@ -211,7 +212,7 @@ def backward_source(spec: UvwSpec, ctype: str, need1: bool, need2: bool) -> str:
     ept, c_in, c_out, s1 = tile // groups, spec.c_in, spec.c_out, spec.n_slots1
     warps_per_group = c_in // 32
     lines = _header(ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({THREADS}) bm_uvw_bwd(',
+        f'extern "C" __global__ void __launch_bounds__({THREADS}, {MIN_BLOCKS["bwd"]}) bm_uvw_bwd(',
         "    const T* __restrict__ g, const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ wt,",
         "    T* __restrict__ g1, T* __restrict__ g2, long long n_edges) {",
         "  // wt: each path's weights transposed, W[u, w] at weight_offset + w * c_in + u",
@@ -309,7 +310,7 @@ def wgrad_source(spec: UvwSpec, ctype: str) -> str:
     c_in, c_out = spec.c_in, spec.c_out
     ru, rw = c_in // 16, c_out // 16
     lines = _header(ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({THREADS}) bm_uvw_wgrad(',
+        f'extern "C" __global__ void __launch_bounds__({THREADS}, {MIN_BLOCKS["wgrad"]}) bm_uvw_wgrad(',
         "    const T* __restrict__ g, const T* __restrict__ x1, const T* __restrict__ x2, T* __restrict__ partial,",
         "    long long n_edges, long long n_slices) {",
         f"  __shared__ __align__(16) T s_t[{tile * spec.max_d_out * c_in}];  // t [{tile}, d_out, {c_in}]",

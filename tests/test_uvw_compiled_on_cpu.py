@@ -103,10 +103,11 @@ def emulator(tmp_path_factory):
     return Emulator(tmp_path_factory.mktemp("uvw_cpu"))
 
 
-@pytest.mark.parametrize("problem, dtype", [("seed", torch.float64), ("seed", torch.float32),
-                                            ("wide", torch.float64)])
-def test_uvw_kernels_match_reference(problem, dtype, emulator, monkeypatch):
+@pytest.mark.parametrize("problem, dtype, samples", [("seed", torch.float64, 1), ("seed", torch.float32, 2),
+                                                     ("seed", torch.float32, 3), ("wide", torch.float64, 2)])
+def test_uvw_kernels_match_reference(problem, dtype, samples, emulator, monkeypatch):
     monkeypatch.setattr(_uvw, "BLOCKS_PER_SM", 100)  # the weight gradient in several slices of samples
+    monkeypatch.setitem(_uvw_codegen.SAMPLES_PER_GROUP, "float" if dtype == torch.float32 else "double", samples)
     plan = seed_problem(32) if problem == "seed" else wide_problem()
     spec, reason = _uvw_codegen.uvw_spec(plan.plan_list, plan.cg_list, False)
     assert spec is not None, reason

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional
 
 import torch
 from torch._functorch.utils import unwrap_dead_wrappers  # what Function.apply calls first
+from torch.autograd import forward_ad
 
 _TRACING_MODES = tuple(getattr(torch._C._TorchDispatchModeKey, name)
                        for name in ("FAKE", "PROXY", "FUNCTIONAL"))  # private API, guarded by tests/ops/test_opcheck.py
@@ -48,6 +49,25 @@ def _plain(args) -> bool:
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _recorded(args) -> bool:
+    """Whether autograd would record this call: grad mode on and a tensor argument (lists included) requiring
+    grad, or a forward-mode AD level open (dual tensors: the Function path raises, rather than drop tangents).
+    Otherwise the implementation runs bare: an autograd.Function's apply costs microseconds even then."""
+    if getattr(forward_ad, "_current_level", 0) >= 0:  # private: -1 outside ``forward_ad.dual_level()``
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    for arg in args:
+        kind = type(arg)
+        if kind in _PLAIN_TENSORS:
+            if arg.requires_grad:
+                return True
+        elif (kind is list or kind is tuple) and arg and type(arg[0]) in _PLAIN_TENSORS:
+            if any(t.requires_grad for t in arg):
+                return True
+    return False
 
 
 _will_execute = getattr(torch._C, "_will_engine_execute_node", None)  # private API (torch.utils.checkpoint's)
@@ -128,6 +148,8 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
             args = bound.args
         if _tracing() or not _plain(args) or torch._C._are_functorch_transforms_active():  # vmap, grad, ...: the op
             return op(*args)
+        if not _recorded(args):
+            return impl(*args)
         # what Function.apply does without transforms, less its Python layers (3.5 us a call on this VM)
         return c_apply(*unwrap_dead_wrappers(args))
 

@@ -64,3 +64,12 @@ def test_weight_gradient_reproducible():
     w = torch.randn(plan.weight_numel, device=DEVICE, requires_grad=True)
     runs = [torch.autograd.grad(tensor_product(a, b, w, plan.plan_list, plan.cg_list), w, g)[0] for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("samples, min_blocks", [(1, 1), (3, 1), (4, 1), (2, 2)])
+def test_tile_variants(samples, min_blocks, monkeypatch):
+    """Other tile sizes (samples per thread group) and register caps than the defaults, on the seed (float32)."""
+    monkeypatch.setitem(_uvw.codegen.SAMPLES_PER_GROUP, "float", samples)
+    monkeypatch.setattr(_uvw.codegen, "MIN_BLOCKS", dict.fromkeys(("fwd", "bwd", "wgrad"), min_blocks))
+    monkeypatch.setattr(_uvw, "_cache", {})
+    _compare(seed_uvw_problem(32), torch.float32, batch=333)

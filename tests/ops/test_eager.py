@@ -9,7 +9,7 @@ import torch
 from problems import MACE_PROBLEMS, scaled
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from batmobile_nn.ops import conv, conv_double_backward, element_linear
+from batmobile_nn.ops import _eager, conv, conv_double_backward, element_linear
 
 from ._compare import randn
 from ._graphs import random_graph
@@ -30,6 +30,27 @@ def test_eager_calls_take_the_function_and_match_the_op():
     torch.testing.assert_close(fast, op, rtol=0, atol=0)
     grads = [torch.autograd.grad(out.square().sum(), x)[0] for out in (fast, op)]
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_calls_autograd_would_not_record_run_bare():
+    """No input requiring grad, or grad mode off: the implementation alone (no Function), same values; an
+    input requiring grad in a list counts; a forward-mode AD level takes the Function, which refuses dual
+    tensors (it has no jvp) rather than dropping their tangents."""
+    plan, x, y, w, sender, receiver = _conv_inputs()
+    args = [x.detach(), y, w, sender, receiver, None, plan.plan_list, plan.cg_list, False]
+    bare = conv(*args)
+    with torch.no_grad():
+        bare_no_grad = conv(x, *args[1:])
+    recorded = conv(x, *args[1:])
+    assert bare.grad_fn is None and bare_no_grad.grad_fn is None and recorded.grad_fn is not None
+    torch.testing.assert_close(bare, recorded.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(bare_no_grad, bare, rtol=0, atol=0)
+    assert _eager._recorded([[x.detach(), x]]) and not _eager._recorded([[x.detach()], 3])
+    import torch.autograd.forward_ad as forward_ad
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x.detach(), torch.ones_like(x))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            conv(dual, *args[1:])
 
 
 def test_keyword_arguments_bind():
