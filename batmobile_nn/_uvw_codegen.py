@@ -150,8 +150,29 @@ def _t_products(path: UvwPath, dim1: int, dim2: int, store: str) -> List[str]:
     return lines
 
 
+def _t_tile(path: UvwPath, spec: UvwSpec, tile: int, target: str) -> List[str]:
+    """Loop over the tile's (sample, channel) pairs writing ``t`` of ``path`` to ``target[el, k, u]``."""
+    d, c_in = path.d_out, spec.c_in
+    lines = [f"      for (int idx = tid; idx < {tile * c_in}; idx += {THREADS}) {{",
+             f"        const int el = idx / {c_in}, u = idx % {c_in};",
+             "        const long long e = e0 + el;"]
+    lines += ["        " + s for s in _t_products(path, spec.dims[0], spec.dims[1],
+                                                 f"{target}[(el * {d} + {{k}}) * {c_in} + u] = {{value}};")]
+    return lines + ["      }"]
+
+
+def _g_tile(path: UvwPath, spec: UvwSpec, tile: int, target: str) -> List[str]:
+    """Loop copying the tile's ``grad_out`` block of ``path`` to ``target[el, k, w]`` (zero past the end)."""
+    d, c_out = path.d_out, spec.c_out
+    return [f"      for (int idx = tid; idx < {tile * d * c_out}; idx += {THREADS}) {{",
+            f"        const int el = idx / {d * c_out}, rem = idx % {d * c_out}, w = rem / {d}, k = rem % {d};",
+            "        const long long e = e0 + el;",
+            f"        {target}[(el * {d} + k) * {c_out} + w] = e < n_edges ? g[e * {spec.dims[2]}LL + {path.off_out} + rem] : T(0);",
+            "      }"]
+
+
 def forward_source(spec: UvwSpec, ctype: str) -> str:
-    dim1, dim2, dim_out, _ = spec.dims
+    dim_out = spec.dims[2]
     tile = tile_edges(spec, ctype, "fwd")
     groups = THREADS // spec.c_out
     ept, c_in, c_out, slots = tile // groups, spec.c_in, spec.c_out, spec.n_slots_out
@@ -171,13 +192,9 @@ def forward_source(spec: UvwSpec, ctype: str) -> str:
         d = path.d_out
         lines += [f"    {{  // path {p}: in1 block at {path.off1} (d {path.d1}) x in2 at {path.off2} (d {path.d2}) "
                   f"-> out at {path.off_out} (d {d})",
-                  f"      T* st = s_t[{p % 2}];",
-                  f"      for (int idx = tid; idx < {tile * c_in}; idx += {THREADS}) {{",
-                  f"        const int el = idx / {c_in}, u = idx % {c_in};",
-                  "        const long long e = e0 + el;"]
-        lines += ["        " + s for s in _t_products(path, dim1, dim2, f"st[(el * {d} + {{k}}) * {c_in} + u] = {{value}};")]
-        lines += ["      }",
-                  "      __syncthreads();",
+                  f"      T* st = s_t[{p % 2}];"]
+        lines += _t_tile(path, spec, tile, "st")
+        lines += ["      __syncthreads();",
                   f"      const T* wp = w + {path.weight_offset} + col;",
                   "#pragma unroll 2",
                   f"      for (int u4 = 0; u4 < {c_in // 4}; ++u4) {{",
@@ -206,7 +223,7 @@ def forward_source(spec: UvwSpec, ctype: str) -> str:
 
 def backward_source(spec: UvwSpec, ctype: str, need1: bool, need2: bool) -> str:
     """Gradients of in1 (``g1 [n, dim1]``, written where the paths read in1) and in2 (``g2 [n, dim2]``)."""
-    dim1, dim2, dim_out, _ = spec.dims
+    dim1, dim2, _, _ = spec.dims
     tile = tile_edges(spec, ctype, "bwd")
     groups = THREADS // spec.c_in
     ept, c_in, c_out, s1 = tile // groups, spec.c_in, spec.c_out, spec.n_slots1
@@ -237,13 +254,9 @@ def backward_source(spec: UvwSpec, ctype: str, need1: bool, need2: bool) -> str:
     for p, path in enumerate(spec.paths):
         d = path.d_out
         lines += [f"    {{  // path {p}: out at {path.off_out} (d {d}) <- in1 at {path.off1} (d {path.d1}) x in2 at {path.off2}",
-                  f"      T* sg = s_g[{p % 2}];",
-                  f"      for (int idx = tid; idx < {tile * d * c_out}; idx += {THREADS}) {{",
-                  f"        const int el = idx / {d * c_out}, rem = idx % {d * c_out}, w = rem / {d}, k = rem % {d};",
-                  "        const long long e = e0 + el;",
-                  f"        sg[(el * {d} + k) * {c_out} + w] = e < n_edges ? g[e * {dim_out}LL + {path.off_out} + rem] : T(0);",
-                  "      }",
-                  "      __syncthreads();",
+                  f"      T* sg = s_g[{p % 2}];"]
+        lines += _g_tile(path, spec, tile, "sg")
+        lines += ["      __syncthreads();",
                   f"      T gt[{ept}][{d}];",
                   f"      for (int q = 0; q < {ept}; ++q)",
                   f"        for (int k = 0; k < {d}; ++k) gt[q][k] = T(0);",
@@ -305,7 +318,7 @@ def backward_source(spec: UvwSpec, ctype: str, need1: bool, need2: bool) -> str:
 
 def wgrad_source(spec: UvwSpec, ctype: str) -> str:
     """Per (path, slice of samples) block: ``partial[slice, weights of path] = sum_e,k t[e, u, k] g[e, w, k]``."""
-    dim1, dim2, dim_out, weight_numel = spec.dims
+    weight_numel = spec.dims[3]
     tile = tile_edges(spec, ctype, "wgrad")
     c_in, c_out = spec.c_in, spec.c_out
     ru, rw = c_in // 16, c_out // 16
@@ -328,18 +341,9 @@ def wgrad_source(spec: UvwSpec, ctype: str) -> str:
         d = path.d_out
         lines += [f"  case {p}: {{",
                   "    for (long long tile = t_begin; tile < t_end; ++tile) {",
-                  f"      const long long e0 = tile * {tile};",
-                  f"      for (int idx = tid; idx < {tile * c_in}; idx += {THREADS}) {{",
-                  f"        const int el = idx / {c_in}, u = idx % {c_in};",
-                  "        const long long e = e0 + el;"]
-        lines += ["        " + s for s in _t_products(path, dim1, dim2, f"s_t[(el * {d} + {{k}}) * {c_in} + u] = {{value}};")]
-        lines += ["      }",
-                  f"      for (int idx = tid; idx < {tile * d * c_out}; idx += {THREADS}) {{",
-                  f"        const int el = idx / {d * c_out}, rem = idx % {d * c_out}, w = rem / {d}, k = rem % {d};",
-                  "        const long long e = e0 + el;",
-                  f"        s_g[(el * {d} + k) * {c_out} + w] = e < n_edges ? g[e * {dim_out}LL + {path.off_out} + rem] : T(0);",
-                  "      }",
-                  "      __syncthreads();",
+                  f"      const long long e0 = tile * {tile};"]
+        lines += _t_tile(path, spec, tile, "s_t") + _g_tile(path, spec, tile, "s_g")
+        lines += ["      __syncthreads();",
                   f"      for (int ek = 0; ek < {tile * d}; ++ek) {{",
                   f"        T tv[{ru}], gv[{rw}];",
                   f"        for (int a = 0; a < {ru}; ++a) tv[a] = s_t[ek * {c_in} + tu + 16 * a];",
