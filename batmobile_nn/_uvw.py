@@ -31,6 +31,7 @@ class UvwKernels:
         self._compile, self.launch = compile, launch
         self._handles: Dict[tuple, int] = {}
         self._transposed: Optional[Tensor] = None
+        self.multiprocessors: Optional[int] = None  # the device's, read once
 
     def handle(self, kind: str, need1: bool = True, need2: bool = True) -> int:
         key = (kind, need1, need2) if kind == "bwd" else (kind,)
@@ -93,8 +94,10 @@ def forward(k: UvwKernels, in1: Tensor, in2: Tensor, weight: Tensor) -> Tensor:
 
 def _slices(k: UvwKernels, n_tiles: int) -> int:
     """Sample slices of the weight gradient: enough (path, slice) blocks to fill the GPU."""
-    sms = torch.cuda.get_device_properties(k.device).multi_processor_count if k.device.type == "cuda" else 4
-    return max(1, min(n_tiles, math.ceil(BLOCKS_PER_SM * sms / len(k.spec.paths))))
+    if k.multiprocessors is None:
+        k.multiprocessors = (torch.cuda.get_device_properties(k.device).multi_processor_count
+                             if k.device.type == "cuda" else 4)
+    return max(1, min(n_tiles, math.ceil(BLOCKS_PER_SM * k.multiprocessors / len(k.spec.paths))))
 
 
 def backward(k: UvwKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor,
