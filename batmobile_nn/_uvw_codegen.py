@@ -34,6 +34,20 @@ MAX_ACC = 64  # output values a thread keeps in registers (EPT x per-channel out
 # samples per thread group in the forward and backward tiles (fewer where shared memory or registers run out)
 SAMPLES_PER_GROUP = {"float": 2, "double": 1}
 MIN_BLOCKS = {"fwd": 1, "bwd": 1, "wgrad": 1}  # __launch_bounds__'s blocks per multiprocessor (caps registers)
+# output channels per thread in the forward: each shared-memory load of t then feeds that many columns' products
+# (more than 1 pads each sample's rows of t by 16 bytes, so that the groups a warp then spans use other banks)
+COLUMNS_PER_THREAD = {"float": 1, "double": 1}
+
+
+def _columns(spec: "UvwSpec", ctype: str) -> Tuple[int, int]:
+    """The forward's ``(columns per thread, padding of a sample's t rows in elements)``."""
+    cpt, size = COLUMNS_PER_THREAD[ctype], 4 if ctype == "float" else 8
+    if cpt <= 1 or spec.c_out % cpt or THREADS % (spec.c_out // cpt):
+        return 1, 0
+    pad = 16 // size
+    if 2 * (THREADS // (spec.c_out // cpt)) * (spec.max_d_out * spec.c_in + pad) * size > SMEM_LIMIT:
+        return 1, 0  # the tile of one sample per group would not fit: one column per thread
+    return cpt, pad
 
 
 @dataclass(frozen=True)
@@ -117,11 +131,12 @@ def tile_edges(spec: UvwSpec, ctype: str, kind: str) -> int:
         while tile > 1 and tile * spec.max_d_out * (spec.c_in + spec.c_out) * size > SMEM_LIMIT:
             tile //= 2
         return tile
-    groups = THREADS // (spec.c_out if kind == "fwd" else spec.c_in)
+    cpt, pad = _columns(spec, ctype) if kind == "fwd" else (1, 0)
+    groups = THREADS // (spec.c_out // cpt if kind == "fwd" else spec.c_in)
     channels = spec.c_in if kind == "fwd" else spec.c_out  # the shared tile's channel count
-    per_thread = spec.n_slots_out if kind == "fwd" else 2 * (spec.n_slots1 + spec.dims[1])
+    per_thread = spec.n_slots_out * cpt if kind == "fwd" else 2 * (spec.n_slots1 + spec.dims[1])
     ept = SAMPLES_PER_GROUP[ctype] if per_thread * SAMPLES_PER_GROUP[ctype] <= 2 * MAX_ACC else 1
-    while ept > 1 and 2 * groups * ept * spec.max_d_out * channels * size > SMEM_LIMIT:
+    while ept > 1 and 2 * groups * ept * (spec.max_d_out * channels + pad) * size > SMEM_LIMIT:
         ept -= 1
     return groups * ept
 
@@ -129,7 +144,8 @@ def tile_edges(spec: UvwSpec, ctype: str, kind: str) -> int:
 def fits(spec: UvwSpec, ctype: str) -> bool:
     """Whether every kernel's shared memory fits with one sample per thread group."""
     size = 4 if ctype == "float" else 8
-    fwd = 2 * (THREADS // spec.c_out) * spec.max_d_out * spec.c_in * size
+    cpt, pad = _columns(spec, ctype)
+    fwd = 2 * (THREADS // (spec.c_out // cpt)) * (spec.max_d_out * spec.c_in + pad) * size
     bwd = 2 * (THREADS // spec.c_in) * spec.max_d_out * spec.c_out * size
     return max(fwd, bwd) <= SMEM_LIMIT and tile_edges(spec, ctype, "wgrad") >= 1
 
@@ -150,14 +166,16 @@ def _t_products(path: UvwPath, dim1: int, dim2: int, store: str) -> List[str]:
     return lines
 
 
-def _t_tile(path: UvwPath, spec: UvwSpec, tile: int, target: str) -> List[str]:
-    """Loop over the tile's (sample, channel) pairs writing ``t`` of ``path`` to ``target[el, k, u]``."""
+def _t_tile(path: UvwPath, spec: UvwSpec, tile: int, target: str, pad: int = 0) -> List[str]:
+    """Loop over the tile's (sample, channel) pairs writing ``t`` of ``path`` to ``target[el, k, u]`` (a sample's
+    rows ``pad`` elements further apart than ``d_out * c_in`` when ``pad``)."""
     d, c_in = path.d_out, spec.c_in
     lines = [f"      for (int idx = tid; idx < {tile * c_in}; idx += {THREADS}) {{",
              f"        const int el = idx / {c_in}, u = idx % {c_in};",
              "        const long long e = e0 + el;"]
+    index = (f"el * {d * c_in + pad} + {{k}} * {c_in} + u" if pad else f"(el * {d} + {{k}}) * {c_in} + u")
     lines += ["        " + s for s in _t_products(path, spec.dims[0], spec.dims[1],
-                                                 f"{target}[(el * {d} + {{k}}) * {c_in} + u] = {{value}};")]
+                                                 f"{target}[{index}] = {{value}};")]
     return lines + ["      }"]
 
 
@@ -174,38 +192,44 @@ def _g_tile(path: UvwPath, spec: UvwSpec, tile: int, target: str) -> List[str]:
 def forward_source(spec: UvwSpec, ctype: str) -> str:
     dim_out = spec.dims[2]
     tile = tile_edges(spec, ctype, "fwd")
-    groups = THREADS // spec.c_out
+    cpt, pad = _columns(spec, ctype)
+    lanes = spec.c_out // cpt  # threads per sample group; thread col has the channels col + j * lanes, j < cpt
+    groups = THREADS // lanes
     ept, c_in, c_out, slots = tile // groups, spec.c_in, spec.c_out, spec.n_slots_out
     lines = _header(ctype) + [
         f'extern "C" __global__ void __launch_bounds__({THREADS}, {MIN_BLOCKS["fwd"]}) bm_uvw_fwd(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w, T* __restrict__ out,",
         "    long long n_edges) {",
-        f"  __shared__ __align__(16) T s_t[2][{tile * spec.max_d_out * c_in}];  // per path: t [{tile}, d_out, {c_in}]",
-        f"  const int tid = threadIdx.x, col = tid % {c_out}, group = tid / {c_out};",
+        f"  __shared__ __align__(16) T s_t[2][{tile * (spec.max_d_out * c_in + pad)}];  // per path: t [{tile}, d_out, {c_in}]",
+        f"  const int tid = threadIdx.x, col = tid % {lanes}, group = tid / {lanes};",
         f"  const long long n_tiles = (n_edges + {tile - 1}) / {tile};",
         "  for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {",
         f"    const long long e0 = tile * {tile};",
-        f"    T acc[{ept}][{slots}];  // [samples of this thread, outputs of channel col]",
+        f"    T acc[{ept}][{slots * cpt}];  // [samples of this thread, outputs of channel col"
+        + (f" and the next {cpt - 1} ({lanes} apart)]" if cpt > 1 else "]"),
         f"    for (int q = 0; q < {ept}; ++q)",
-        f"      for (int s = 0; s < {slots}; ++s) acc[q][s] = T(0);"]
+        f"      for (int s = 0; s < {slots * cpt}; ++s) acc[q][s] = T(0);"]
     for p, path in enumerate(spec.paths):
         d = path.d_out
         lines += [f"    {{  // path {p}: in1 block at {path.off1} (d {path.d1}) x in2 at {path.off2} (d {path.d2}) "
                   f"-> out at {path.off_out} (d {d})",
                   f"      T* st = s_t[{p % 2}];"]
-        lines += _t_tile(path, spec, tile, "st")
+        lines += _t_tile(path, spec, tile, "st", pad)
+        wv = [f"wv{j}" if j else "wv" for j in range(cpt)]  # W[u, col + j * lanes] for 4 u's
         lines += ["      __syncthreads();",
                   f"      const T* wp = w + {path.weight_offset} + col;",
                   "#pragma unroll 2",
                   f"      for (int u4 = 0; u4 < {c_in // 4}; ++u4) {{",
-                  "        T wv[4];",
-                  f"        for (int r = 0; r < 4; ++r) wv[r] = wp[(u4 * 4 + r) * {c_out}];",
-                  f"        for (int q = 0; q < {ept}; ++q) {{",
-                  f"          const T* tq = st + (group * {ept} + q) * {d * c_in} + u4 * 4;",
+                  "        T " + ", ".join(f"{v}[4]" for v in wv) + ";"]
+        lines += [f"        for (int r = 0; r < 4; ++r) {v}[r] = wp[(u4 * 4 + r) * {c_out}{f' + {j * lanes}' if j else ''}];"
+                  for j, v in enumerate(wv)]
+        lines += [f"        for (int q = 0; q < {ept}; ++q) {{",
+                  f"          const T* tq = st + (group * {ept} + q) * {d * c_in + pad} + u4 * 4;",
                   f"          for (int k = 0; k < {d}; ++k) {{",
-                  f"            const T* tk = tq + k * {c_in};",
-                  f"            acc[q][{path.slot_out} + k] += wv[0] * tk[0] + wv[1] * tk[1] + wv[2] * tk[2] + wv[3] * tk[3];",
-                  "          }",
+                  f"            const T* tk = tq + k * {c_in};"]
+        lines += [f"            acc[q][{j * slots + path.slot_out} + k] += {v}[0] * tk[0] + {v}[1] * tk[1] + {v}[2] * tk[2] + {v}[3] * tk[3];"
+                  for j, v in enumerate(wv)]
+        lines += ["          }",
                   "        }",
                   "      }",
                   "    }"]
@@ -216,7 +240,8 @@ def forward_source(spec: UvwSpec, ctype: str) -> str:
               "      if (e < n_edges) {",
               f"        T* o = out + e * {dim_out}LL;"]
     for off, d, slot in sorted({(p.off_out, p.d_out, p.slot_out) for p in spec.paths}):
-        lines += [f"        for (int k = 0; k < {d}; ++k) o[{off} + col * {d} + k] = acc[q][{slot} + k];"]
+        lines += [f"        for (int k = 0; k < {d}; ++k) o[{off} + {f'(col + {j * lanes})' if j else 'col'} * {d} + k] = "
+                  f"acc[q][{j * slots + slot} + k];" for j in range(cpt)]
     lines += ["      }", "    }", "  }", "}"]
     return "\n".join(lines) + "\n"
 

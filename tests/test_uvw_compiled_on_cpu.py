@@ -84,6 +84,11 @@ class Emulator:
         self.libraries[handle].run(ctypes.c_longlong(grid), ctypes.c_longlong(threads), pointers, values)
 
 
+def _spec_and_ctype(problem, ctype):
+    plan = seed_problem(32) if problem == "seed" else wide_problem()
+    return _uvw_codegen.uvw_spec(plan.plan_list, plan.cg_list, False)[0], ctype
+
+
 def seed_problem(channels):
     irreps = [(channels, (l, 1)) for l in range(4)]
     instructions = [(a, b, c, "uvw", True) for a in range(4) for b in range(4) for c in range(4)
@@ -103,16 +108,19 @@ def emulator(tmp_path_factory):
     return Emulator(tmp_path_factory.mktemp("uvw_cpu"))
 
 
-@pytest.mark.parametrize("problem, dtype, samples", [("seed", torch.float64, 1), ("seed", torch.float32, 2),
-                                                     ("seed", torch.float32, 3), ("wide", torch.float64, 2)])
-def test_uvw_kernels_match_reference(problem, dtype, samples, emulator, monkeypatch):
+@pytest.mark.parametrize("problem, dtype, samples, columns", [
+    ("seed", torch.float64, 1, 1), ("seed", torch.float32, 2, 1), ("seed", torch.float32, 3, 1),
+    ("wide", torch.float64, 2, 1), ("seed", torch.float32, 1, 2), ("wide", torch.float32, 2, 2)])
+def test_uvw_kernels_match_reference(problem, dtype, samples, columns, emulator, monkeypatch):
     monkeypatch.setattr(_uvw, "BLOCKS_PER_SM", 100)  # the weight gradient in several slices of samples
-    monkeypatch.setitem(_uvw_codegen.SAMPLES_PER_GROUP, "float" if dtype == torch.float32 else "double", samples)
+    ctype = "float" if dtype == torch.float32 else "double"
+    monkeypatch.setitem(_uvw_codegen.SAMPLES_PER_GROUP, ctype, samples)
+    monkeypatch.setitem(_uvw_codegen.COLUMNS_PER_THREAD, ctype, columns)
+    assert _uvw_codegen._columns(*_spec_and_ctype(problem, ctype))[0] == columns
     plan = seed_problem(32) if problem == "seed" else wide_problem()
     spec, reason = _uvw_codegen.uvw_spec(plan.plan_list, plan.cg_list, False)
     assert spec is not None, reason
     assert spec.in1_covered == (problem == "seed")
-    ctype = "float" if dtype == torch.float32 else "double"
     kernels = _uvw.UvwKernels(spec, ctype, torch.device("cpu"), emulator.compile, emulator.launch)
     n = 21  # not a multiple of any tile: the last tile is cut short
     generator = torch.Generator().manual_seed(3)

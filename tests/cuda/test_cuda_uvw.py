@@ -66,10 +66,13 @@ def test_weight_gradient_reproducible():
     assert torch.equal(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("samples, min_blocks", [(1, 1), (3, 1), (4, 1), (2, 2)])
-def test_tile_variants(samples, min_blocks, monkeypatch):
-    """Other tile sizes (samples per thread group) and register caps than the defaults, on the seed (float32)."""
+@pytest.mark.parametrize("samples, min_blocks, columns", [(1, 1, 1), (3, 1, 1), (4, 1, 1), (2, 2, 1), (1, 1, 2),
+                                                     (1, 2, 2)])
+def test_tile_variants(samples, min_blocks, columns, monkeypatch):
+    """Other tile sizes (samples per thread group), register caps and output channels per thread than the
+    defaults, on the seed (float32)."""
     monkeypatch.setitem(_uvw.codegen.SAMPLES_PER_GROUP, "float", samples)
+    monkeypatch.setitem(_uvw.codegen.COLUMNS_PER_THREAD, "float", columns)
     monkeypatch.setattr(_uvw.codegen, "MIN_BLOCKS", dict.fromkeys(("fwd", "bwd", "wgrad"), min_blocks))
     monkeypatch.setattr(_uvw, "_cache", {})
     _compare(seed_uvw_problem(32), torch.float32, batch=333)
