@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _jit, _uvw_codegen as codegen
+from . import _backend, _jit, _uvw_bwd_codegen, _uvw_codegen as codegen
 
 _cache: Dict[tuple, Optional["UvwKernels"]] = {}
 enabled = os.environ.get("BATMOBILE_NN_UVW", "1") != "0"
@@ -39,9 +39,9 @@ class UvwKernels:
             if kind == "fwd":
                 source = codegen.forward_source(self.spec, self.ctype)
             elif kind == "bwd":
-                source = codegen.backward_source(self.spec, self.ctype, need1, need2)
+                source = _uvw_bwd_codegen.backward_source(self.spec, self.ctype, need1, need2)
             else:
-                source = codegen.wgrad_source(self.spec, self.ctype)
+                source = _uvw_bwd_codegen.wgrad_source(self.spec, self.ctype)
             self._handles[key] = self._compile(source, f"bm_uvw_{kind}", self.device)
         return self._handles[key]
 
