@@ -32,42 +32,42 @@ def _tracing() -> bool:
                 and any(torch._C._get_dispatch_mode(key) is not None for key in _TRACING_MODES)))
 
 
-def _plain(args) -> bool:
-    """Whether every tensor argument (lists included) is a plain tensor or parameter off the meta device: not
-    a tensor subclass, an fx Proxy or a meta tensor, which the op's fake implementation serves."""
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+OP, FUNCTION, BARE = "op", "function", "bare"  # where an eager call goes (``route``)
+
+
+def _requires_grad(args) -> Optional[bool]:
+    """One pass over the arguments (lists of tensors included): None when one is a tensor subclass, an fx Proxy or
+    a meta tensor (which the op's fake implementation serves), else whether one requires grad."""
+    requires = False
     for arg in args:
         kind = type(arg)
         if kind in _PLAIN_TENSORS:  # the common case first: exact types, no isinstance walk
             if arg.is_meta:
-                return False
+                return None
+            requires = requires or arg.requires_grad
         elif kind is list or kind is tuple:  # a schema's lists hold one type: look inside lists of tensors only
-            if arg and isinstance(arg[0], (torch.Tensor, torch.fx.Proxy)) and not _plain(arg):
-                return False
+            if arg and isinstance(arg[0], (torch.Tensor, torch.fx.Proxy)):
+                inner = _requires_grad(arg)
+                if inner is None:
+                    return None
+                requires = requires or inner
         elif isinstance(arg, (torch.Tensor, torch.fx.Proxy)):  # a tensor subclass or an fx proxy
-            return False
-    return True
+            return None
+    return requires
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-
-
-def _recorded(args) -> bool:
-    """Whether autograd would record this call: grad mode on and a tensor argument (lists included) requiring
-    grad, or a forward-mode AD level open (dual tensors: the Function path raises, rather than drop tangents).
-    Otherwise the implementation runs bare: an autograd.Function's apply costs microseconds even then."""
-    if getattr(forward_ad, "_current_level", 0) >= 0:  # private: -1 outside ``forward_ad.dual_level()``
-        return True
-    if not torch.is_grad_enabled():
-        return False
-    for arg in args:
-        kind = type(arg)
-        if kind in _PLAIN_TENSORS:
-            if arg.requires_grad:
-                return True
-        elif (kind is list or kind is tuple) and arg and type(arg[0]) in _PLAIN_TENSORS:
-            if any(t.requires_grad for t in arg):
-                return True
-    return False
+def route(args) -> str:
+    """``OP`` for arguments only the registered op serves; ``FUNCTION`` when autograd would record the call (grad
+    mode on and an argument requiring grad, or a forward-mode AD level open: dual tensors then meet the Function,
+    which refuses them rather than drop their tangents); else ``BARE``: the implementation alone (an
+    autograd.Function's apply costs microseconds even when it records nothing)."""
+    requires = _requires_grad(args)
+    if requires is None:
+        return OP
+    if (requires and torch.is_grad_enabled()) or getattr(forward_ad, "_current_level", 0) >= 0:  # private: -1
+        return FUNCTION  # outside ``forward_ad.dual_level()``
+    return BARE
 
 
 _will_execute = getattr(torch._C, "_will_engine_execute_node", None)  # private API (torch.utils.checkpoint's)
@@ -146,10 +146,11 @@ def fast_path(op, impl: Callable, setup_context: Optional[Callable] = None,
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             args = bound.args
-        if _tracing() or not _plain(args) or torch._C._are_functorch_transforms_active():  # vmap, grad, ...: the op
+        if _tracing() or torch._C._are_functorch_transforms_active():  # vmap, grad, ...: the op
             return op(*args)
-        if not _recorded(args):
-            return impl(*args)
+        where = route(args)
+        if where != FUNCTION:
+            return op(*args) if where == OP else impl(*args)
         # what Function.apply does without transforms, less its Python layers (3.5 us a call on this VM)
         return c_apply(*unwrap_dead_wrappers(args))
 

@@ -45,7 +45,7 @@ def test_calls_autograd_would_not_record_run_bare():
     assert bare.grad_fn is None and bare_no_grad.grad_fn is None and recorded.grad_fn is not None
     torch.testing.assert_close(bare, recorded.detach(), rtol=0, atol=0)
     torch.testing.assert_close(bare_no_grad, bare, rtol=0, atol=0)
-    assert _eager._recorded([[x.detach(), x]]) and not _eager._recorded([[x.detach()], 3])
+    assert _eager.route([[x.detach(), x]]) == _eager.FUNCTION and _eager.route([[x.detach()], 3]) == _eager.BARE
     import torch.autograd.forward_ad as forward_ad
     with forward_ad.dual_level():
         dual = forward_ad.make_dual(x.detach(), torch.ones_like(x))
