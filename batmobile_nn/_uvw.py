@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, _jit, _uvw_bwd_codegen, _uvw_codegen as codegen
+from .ops import _plan
 
 _cache: Dict[tuple, Optional["UvwKernels"]] = {}
 enabled = os.environ.get("BATMOBILE_NN_UVW", "1") != "0"
@@ -60,6 +61,8 @@ class UvwKernels:
 def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: torch.device,
                 per_edge_weights: bool) -> Optional[UvwKernels]:
     if not enabled or dtype not in (torch.float32, torch.float64) or per_edge_weights:
+        return None
+    if plan[0] == 0 or plan[_plan.HEADER] != _plan.MODES["uvw"]:  # cheap: a first path that is not uvw, no key hashed
         return None
     if device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())

@@ -151,6 +151,10 @@ def test_uvw_spec_declines_other_problems():
     uvu = make_plan("32x0e+32x1o", "0e+1o", "32x0e+32x1o+32x1e",
                     [(0, 0, 0, "uvu", True), (1, 1, 0, "uvu", True), (1, 1, 2, "uvu", True)])
     assert _uvw_codegen.uvw_spec(uvu.plan_list, uvu.cg_list, False)[0] is None
+    # the dispatch declines a plan whose first path is not uvw before hashing it into its cache (a hot path)
+    cached = dict(_uvw._cache)
+    assert _uvw.kernels_for(uvu.plan_list, uvu.cg_list, torch.float32, torch.device("cuda", 0), False) is None
+    assert _uvw._cache == cached
     partial_out = make_plan("32x0e", "0e", "32x0e+32x1o", [(0, 0, 0, "uvw", True)])  # 1o never written
     assert _uvw_codegen.uvw_spec(partial_out.plan_list, partial_out.cg_list, False)[0] is None
 
