@@ -110,11 +110,10 @@ __device__ __forceinline__ bool has_degree(const ShLayout& layout, int L) {
   return false;
 }
 
+// Every requested degree's values of one vector, written to row (a row of out, or of a tile in shared memory).
 template <int LMAX, typename T>
-__global__ void sh_forward_kernel(const T* __restrict__ vectors, int64_t n, ShLayout layout, T* __restrict__ out) {
-  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e >= n) return;
-  const Unit<T> unit(vectors + 3 * e, layout.normalize);
+__device__ __forceinline__ void sh_row(const T* __restrict__ vector, const ShLayout& layout, T* row) {
+  const Unit<T> unit(vector, layout.normalize);
   T p[3][LMAX + 1];
   powers<LMAX>(unit.u, p);
   static_for<LMAX + 1>([&](auto lc) {
@@ -127,8 +126,15 @@ __global__ void sh_forward_kernel(const T* __restrict__ vectors, int64_t n, ShLa
       constexpr ShTerm s = SH_TERMS[decltype(t)::value];
       Y[s.m] += T(s.coef) * monomial<s.a, s.b, s.c, LMAX>(p);
     });
-    scatter_values<L>(layout, Y, out + e * layout.n_out);
+    scatter_values<L>(layout, Y, row);
   });
+}
+
+template <int LMAX, typename T>
+__global__ void sh_forward_kernel(const T* __restrict__ vectors, int64_t n, ShLayout layout, T* __restrict__ out) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= n) return;
+  sh_row<LMAX>(vectors + 3 * e, layout, out + e * layout.n_out);
 }
 
 // The same values, staged in shared memory so that the stores to out are coalesced: one thread per vector
@@ -143,23 +149,7 @@ __global__ void sh_forward_staged_kernel(const T* __restrict__ vectors, int64_t 
   const int stride = layout.n_out | 1;
   const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x);
   const int64_t e = first + threadIdx.x;
-  if (e < n) {
-    const Unit<T> unit(vectors + 3 * e, layout.normalize);
-    T p[3][LMAX + 1];
-    powers<LMAX>(unit.u, p);
-    static_for<LMAX + 1>([&](auto lc) {
-      constexpr int L = decltype(lc)::value;
-      if (!has_degree(layout, L)) return;
-      T Y[2 * L + 1];
-#pragma unroll
-      for (int m = 0; m < 2 * L + 1; ++m) Y[m] = T(0);
-      for_each_term<L>([&](auto t) {
-        constexpr ShTerm s = SH_TERMS[decltype(t)::value];
-        Y[s.m] += T(s.coef) * monomial<s.a, s.b, s.c, LMAX>(p);
-      });
-      scatter_values<L>(layout, Y, tile + threadIdx.x * stride);
-    });
-  }
+  if (e < n) sh_row<LMAX>(vectors + 3 * e, layout, tile + threadIdx.x * stride);
   __syncthreads();
   const int rows = static_cast<int>(n - first < blockDim.x ? n - first : blockDim.x);
   const int total = rows * layout.n_out;
