@@ -24,7 +24,8 @@ def backward_source(spec: codegen.UvwSpec, ctype: str, need1: bool, need2: bool)
     ept, c_in, c_out, s1 = tile // groups, spec.c_in, spec.c_out, spec.n_slots1
     warps_per_group = c_in // 32
     lines = codegen._header(ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({codegen.THREADS}, {codegen.MIN_BLOCKS["bwd"]}) bm_uvw_bwd(',
+        f'extern "C" __global__ void __launch_bounds__({codegen.THREADS}, {codegen.MIN_BLOCKS[ctype]["bwd"]})'
+        f' bm_uvw_bwd(',
         "    const T* __restrict__ g, const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ wt,",
         "    T* __restrict__ g1, T* __restrict__ g2, long long n_edges) {",
         "  // wt: each path's weights transposed, W[u, w] at weight_offset + w * c_in + u",
@@ -118,7 +119,8 @@ def wgrad_source(spec: codegen.UvwSpec, ctype: str) -> str:
     c_in, c_out = spec.c_in, spec.c_out
     ru, rw = c_in // 16, c_out // 16
     lines = codegen._header(ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({codegen.THREADS}, {codegen.MIN_BLOCKS["wgrad"]}) bm_uvw_wgrad(',
+        f'extern "C" __global__ void __launch_bounds__({codegen.THREADS}, {codegen.MIN_BLOCKS[ctype]["wgrad"]})'
+        f' bm_uvw_wgrad(',
         "    const T* __restrict__ g, const T* __restrict__ x1, const T* __restrict__ x2, T* __restrict__ partial,",
         "    long long n_edges, long long n_slices) {",
         f"  __shared__ __align__(16) T s_t[{tile * spec.max_d_out * c_in}];  // t [{tile}, d_out, {c_in}]",

@@ -34,7 +34,10 @@ SMEM_LIMIT = 46 * 1024  # static shared memory per block (48 KB), with room for 
 MAX_ACC = 64  # output values a thread keeps in registers (EPT x per-channel outputs)
 # samples per thread group in the forward and backward tiles (fewer where shared memory or registers run out)
 SAMPLES_PER_GROUP = {"float": 2, "double": 1}
-MIN_BLOCKS = {"fwd": 1, "bwd": 1, "wgrad": 1}  # __launch_bounds__'s blocks per multiprocessor (caps registers)
+# __launch_bounds__'s blocks per multiprocessor (caps registers), per dtype and kernel. The float32 forward at 2
+# (128 registers, no spills) ran 1.4x faster on an H200 (run 24: seed C = 32 0.86 -> 0.57 ms, C = 64 15.4 ->
+# 10.9 ms); the backward kernels were slower at 2. float64 keeps 1: at 2 ptxas spills (not measured).
+MIN_BLOCKS = {"float": {"fwd": 2, "bwd": 1, "wgrad": 1}, "double": {"fwd": 1, "bwd": 1, "wgrad": 1}}
 # output channels per thread in the forward: each shared-memory load of t then feeds that many columns' products
 # (more than 1 pads each sample's rows of t by 16 bytes, so that the groups a warp then spans use other banks)
 COLUMNS_PER_THREAD = {"float": 1, "double": 1}
@@ -188,7 +191,7 @@ def forward_source(spec: UvwSpec, ctype: str) -> str:
     groups = THREADS // lanes
     ept, c_in, c_out, slots = tile // groups, spec.c_in, spec.c_out, spec.n_slots_out
     lines = _header(ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({THREADS}, {MIN_BLOCKS["fwd"]}) bm_uvw_fwd(',
+        f'extern "C" __global__ void __launch_bounds__({THREADS}, {MIN_BLOCKS[ctype]["fwd"]}) bm_uvw_fwd(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w, T* __restrict__ out,",
         "    long long n_edges) {",
         f"  __shared__ __align__(16) T s_t[2][{tile * (spec.max_d_out * c_in + pad)}];  // per path: t [{tile}, d_out, {c_in}]",

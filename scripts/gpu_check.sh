@@ -24,8 +24,10 @@ echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
 (cd "$BATMOBILE_NN_CACHE" && tar -czf "$OUT/batmobile_nn_cache.tar.gz" */*.so)
 
 echo "=== tests ($(date +%T))"
+# TEST_WORKERS=N: N pytest processes (pytest-xdist) sharing the GPU; the run-time kernel compiles (NVRTC, CPU-bound)
+# dominate the tests' time, and the kernels' disk cache is safe to share between processes
 timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m cuda -q tests/cuda tests/mace_backend -p no:cacheprovider --timeout 240 \
-    --maxfail 80 -rf --durations=12 2>&1 | tee "$OUT/cuda-tests.log"
+    --maxfail 80 -rf --durations=12 ${TEST_WORKERS:+-n $TEST_WORKERS} 2>&1 | tee "$OUT/cuda-tests.log"
 
 echo "=== compute-sanitizer ($(date +%T))"
 cat > /tmp/sanitize_case.py <<'EOF'
@@ -52,6 +54,9 @@ for i, (mul, ir1) in enumerate(node):
 plan = make_plan(node, sh_irreps, o3.Irreps(mid), instructions)
 uvw = make_plan("4x0e+4x1e+4x2e", "0e+1e+2e", "4x0e+4x1e+4x2e",
                 [(a, b, c, "uvw", True) for a in range(3) for b in range(3) for c in range(3) if abs(a - b) <= c <= a + b])
+seed_irreps = [(32, (l, 1)) for l in range(4)]
+seed = make_plan(seed_irreps, "0e+1e+2e+3e", seed_irreps,
+                 [(a, b, c, "uvw", True) for a in range(4) for b in range(4) for c in range(4) if abs(a - b) <= c <= a + b])
 for dtype in (torch.float32, torch.float64):
     for deterministic in (False, True):
         receiver = torch.randint(0, 10, (40,), device=dev)
@@ -84,6 +89,14 @@ for dtype in (torch.float32, torch.float64):
     wt = torch.randn(uvw.weight_numel, device=dev, dtype=dtype, requires_grad=True)
     y = tensor_product(a, b, wt, uvw.plan_list, uvw.cg_list)
     torch.autograd.grad(y.square().sum(), [a, b, wt])
+    # the seed's uvw product at 32 channels: the per-problem uvw kernels (shared-memory tiles; 40 samples,
+    # a full tile and a short one), forward, backward and the composed second derivatives
+    a = torch.randn(40, seed.irreps_in1.dim, device=dev, dtype=dtype, requires_grad=True)
+    b = torch.randn(40, 16, device=dev, dtype=dtype, requires_grad=True)
+    wt = torch.randn(seed.weight_numel, device=dev, dtype=dtype, requires_grad=True)
+    y = tensor_product(a, b, wt, seed.plan_list, seed.cg_list)
+    grads = torch.autograd.grad(y.square().sum(), [a, b, wt], create_graph=True)
+    torch.autograd.grad(sum(g.square().sum() for g in grads), [a, b, wt])
 torch.cuda.synchronize()
 print("sanitize case done")
 EOF
@@ -96,14 +109,13 @@ for tool in memcheck racecheck; do
   echo "$tool exit code: ${PIPESTATUS[0]}"
 done 2>&1 | tee "$OUT/sanitizer.log"
 
-if [ -n "${NCU:-}" ]; then  # Nsight Compute: the convolution kernels at the MACE-MP-medium shape (170k edges)
+if [ -n "${NCU:-}" ]; then  # Nsight Compute: one launch of each forward kernel at #3's shapes (scripts/profile_kernels.py)
   echo "=== ncu ($(date +%T))"
-  timeout "${NCU_TIMEOUT:-120}" ncu --clock-control none --kernel-name regex:tp_ --launch-skip 6 --launch-count 2 \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-      python3 scripts/bench_ops.py --out /tmp/ncu-bench.json --only conv --max-edges 200000 --dtypes float32 \
-      --repeats 1 2>&1 | grep -v -i warning > "$OUT/ncu.log"
-  grep -E "tp_(forward|backward)_kernel|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" \
-      "$OUT/ncu.log" | head -40
+  timeout "${NCU_TIMEOUT:-150}" ncu --clock-control none --profile-from-start off --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis --section WarpStateStats \
+      --section ComputeWorkloadAnalysis python3 scripts/profile_kernels.py 2>&1 | grep -v -i warning > "$OUT/ncu.log"
+  grep -E "^profiled|^  [a-z_]+.*\(|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Theoretical Occ|Issue Slots Busy|Warp Cycles Per Issued" \
+      "$OUT/ncu.log" | head -80
 fi
 
 if [ -f scripts/bench_ops.py ] && [ -z "${NO_BENCH:-}" ]; then  # NO_BENCH=1: tests and sanitizers only

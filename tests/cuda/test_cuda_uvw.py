@@ -73,6 +73,6 @@ def test_tile_variants(samples, min_blocks, columns, monkeypatch):
     defaults, on the seed (float32)."""
     monkeypatch.setitem(_uvw.codegen.SAMPLES_PER_GROUP, "float", samples)
     monkeypatch.setitem(_uvw.codegen.COLUMNS_PER_THREAD, "float", columns)
-    monkeypatch.setattr(_uvw.codegen, "MIN_BLOCKS", dict.fromkeys(("fwd", "bwd", "wgrad"), min_blocks))
+    monkeypatch.setitem(_uvw.codegen.MIN_BLOCKS, "float", dict.fromkeys(("fwd", "bwd", "wgrad"), min_blocks))
     monkeypatch.setattr(_uvw, "_cache", {})
     _compare(seed_uvw_problem(32), torch.float32, batch=333)
