@@ -155,9 +155,17 @@ def sorted_receivers(op, receiver: torch.Tensor):
         return
     if receiver.is_cuda and torch.cuda.is_current_stream_capturing():
         return
+    key = _key(receiver, -1)  # -1: "sorted", apart from the range checks' keys (their bound is n_nodes >= 0)
+    if key is not None and key in _checked:  # checked before (as index_ranges): no synchronization
+        _checked.move_to_end(key)
+        return
     if bool((receiver[1:] < receiver[:-1]).any()):
         _fail(op, "deterministic=True needs edges sorted by receiver (edge_index[1]); "
                   "sort them first, e.g. with torch.argsort(receiver, stable=True)")
+    if key is not None:
+        _checked[key] = receiver
+        while len(_checked) > MAX_CHECKED:
+            _checked.popitem(last=False)
 
 
 def sender_perm(op, perm: torch.Tensor, n_edges: int, device):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from problems import GAPS_PROBLEM
 
+from batmobile_nn.ops import _checks
 from batmobile_nn.ops import (
     conv,
     conv_backward,
@@ -181,6 +182,17 @@ def test_index_checks_can_be_turned_off():
         assert set_index_checks(previous) is False
     with pytest.raises(ValueError, match="sorted by receiver"):
         _conv(receiver=unsorted, deterministic=True)
+
+
+def test_sorted_receivers_are_remembered_until_changed():
+    """A receiver tensor found sorted is not read again (one synchronization per graph on the GPU, not per call),
+    until it changes in place."""
+    receiver = torch.tensor([0, 1, 1, 3, 3])
+    _conv(receiver=receiver, deterministic=True)
+    assert _checks._key(receiver, -1) in _checks._checked
+    receiver[1] = 2  # [0, 2, 1, 3, 3]: unsorted, a new version of the same tensor
+    with pytest.raises(ValueError, match="sorted by receiver"):
+        _conv(receiver=receiver, deterministic=True)
 
 
 # ---------------------------------------------------------------- make_plan
