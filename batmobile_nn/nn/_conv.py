@@ -3,9 +3,32 @@
 from typing import List, Optional
 
 import torch
+from e3nn import o3
 
 from ..o3._tensor_product import TensorProductBase
 from ..ops.conv import conv as _conv
+
+
+def _stock_coefficients(stock: o3.TensorProduct) -> List[float]:
+    """The Clebsch-Gordan table of ``stock`` as it computes it, in the op's ``cg`` layout.
+
+    e3nn multiplies each path by its ``path_weight`` and by the ``_w3j_*`` buffer of its generated
+    code, a buffer kept in the default dtype of the moment the module was built (so float32 values in a
+    model built in float32 and converted to float64); paths with an ``l = 0`` input or output use
+    exact ``1/sqrt(d)`` in place of a buffer. Reading the buffers makes the patched model compute what
+    this very module computes, whatever dtype it was built in.
+    """
+    compiled = getattr(stock, "_compiled_main_left_right", None)
+    buffers = dict(compiled.named_buffers()) if isinstance(compiled, torch.nn.Module) else {}
+    cg: List[float] = []
+    for ins in stock.instructions:
+        l1, l2 = stock.irreps_in1[ins.i_in1].ir.l, stock.irreps_in2[ins.i_in2].ir.l
+        l_out = stock.irreps_out[ins.i_out].ir.l
+        w3j = buffers.get(f"_w3j_{l1}_{l2}_{l_out}")
+        if w3j is None:
+            w3j = o3.wigner_3j(l1, l2, l_out, dtype=torch.float64)
+        cg += (w3j.detach().to("cpu", torch.float64) * ins.path_weight).flatten().tolist()  # [d1 * d2 * d_out]
+    return cg
 
 
 class EquivariantConv(TensorProductBase):
@@ -59,3 +82,33 @@ class EquivariantConv(TensorProductBase):
                                             self._plan, self._cg, self.deterministic)
         return _conv(node_feats, edge_attrs, weight, edge_index[0], edge_index[1], sender_perm, self._plan,
                      self._cg, self.deterministic)  # eager: without the custom-op layers (ops/_eager.py)
+
+    @classmethod
+    def from_e3nn(cls, stock: o3.TensorProduct) -> "EquivariantConv":
+        """The ``EquivariantConv`` computing exactly what ``stock`` followed by MACE's scatter_sum computes.
+
+        The returned module holds ``stock``'s tensors themselves (same device, dtype, values) under the
+        same ``state_dict`` keys.
+
+        >>> tp = o3.TensorProduct("4x0e", "0e+1o", "4x0e+4x1o", [(0, 0, 0, "uvu", True), (0, 1, 1, "uvu", True)],
+        ...                       shared_weights=False, internal_weights=False)
+        >>> EquivariantConv.from_e3nn(tp).state_dict().keys() == tp.state_dict().keys()
+        True
+        """
+        instructions = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight) for i in stock.instructions]
+        conv = cls(stock.irreps_in1, stock.irreps_in2, stock.irreps_out, instructions,
+                   shared_weights=stock.shared_weights, internal_weights=stock.internal_weights)
+        shapes = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight, i.path_shape)
+                  for i in stock.instructions]
+        if shapes != [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight, i.path_shape)
+                      for i in conv.instructions] or conv.weight_numel != stock.weight_numel:
+            raise ValueError(f"EquivariantConv does not reproduce the paths of {stock}")
+        # Same path weights and coefficients as the stock module (they differ from the defaults when the
+        # module was built with other normalizations or in float32).
+        cg = _stock_coefficients(stock)
+        if len(cg) != len(conv._cg):
+            raise ValueError(f"EquivariantConv's coefficient table does not match {stock}")
+        conv.instructions = list(stock.instructions)
+        conv._cg = cg
+        conv.load_state_dict(stock.state_dict(), strict=True, assign=True)
+        return conv
