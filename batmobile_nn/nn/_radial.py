@@ -80,15 +80,47 @@ class FullyConnectedNet(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [..., hs[0]]`` -> ``[..., hs[-1]]``."""
         batch = list(x.shape[:-1])
-        h = x.reshape(-1, x.shape[-1])  # [n, hs[0]]
-        empty = h.new_empty(())  # addmm's first argument, not read (beta = 0)
-        for i, layer in enumerate(self.children()):
-            h = torch.addmm(empty, h, layer.weight, beta=0, alpha=self._alphas[i])  # [n, hs[i + 1]]
-            if self._acts[i]:
-                h = torch.nn.functional.silu(h)
+        h = self._layers(x.reshape(-1, x.shape[-1]), len(self._acts))  # [n, hs[-1]]
         if self._out_scale != 1.0:
             h = h * self._out_scale
         return h.reshape(batch + [h.shape[-1]])
+
+    def _layers(self, h: Tensor, count: int) -> Tensor:
+        """The first ``count`` layers on ``h [n, hs[0]]``."""
+        empty = h.new_empty(())  # addmm's first argument, not read (beta = 0)
+        for i, layer in enumerate(self.children()):
+            if i < count:
+                h = torch.addmm(empty, h, layer.weight, beta=0, alpha=self._alphas[i])  # [n, hs[i + 1]]
+                if self._acts[i]:
+                    h = torch.nn.functional.silu(h)
+        return h
+
+    def last_layer_unsupported(self) -> Optional[str]:
+        """Why the last layer is not a plain linear map that a convolution can take in (None when it is)."""
+        if len(self._acts) < 2:
+            return "it has a single layer"
+        if self._acts[-1] or self._out_scale != 1.0:
+            return "its last layer has an activation"
+        return None
+
+    @torch.jit.export
+    def hidden(self, x: Tensor) -> Tensor:
+        """All layers but the last: ``x [n, hs[0]]`` -> ``[n, hs[-2]]``; the network's output is then
+        ``last_alpha() * hidden @ last_weight()`` (when ``last_layer_unsupported()`` is None)."""
+        return self._layers(x.reshape(-1, x.shape[-1]), len(self._acts) - 1)
+
+    @torch.jit.export
+    def last_weight(self) -> Tensor:
+        """The last layer's weight ``[hs[-2], hs[-1]]`` (the parameter itself)."""
+        weight = torch.empty(0)
+        for layer in self.children():
+            weight = layer.weight
+        return weight
+
+    @torch.jit.export
+    def last_alpha(self) -> float:
+        """The last layer's scale (its weight normalization times the previous activation's constant)."""
+        return self._alphas[-1]
 
     def extra_repr(self) -> str:
         return f"{self.hs}, silu"

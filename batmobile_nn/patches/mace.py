@@ -34,6 +34,7 @@ from mace.modules import blocks as mace_blocks
 from mace.modules import models as mace_models
 from mace.modules import symmetric_contraction as mace_sc
 
+from . import _fusion
 from ._conv import ConvSwap
 from ._linear import LinearSwap
 from ._product import ProductSwap
@@ -86,7 +87,12 @@ def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
             yield name or "<model>", module
 
 
-def patch(model: torch.nn.Module) -> torch.nn.Module:
+# the interaction blocks ``fuse_interactions`` replaces by ``batmobile_nn.nn.FusedInteraction`` (MACE-MP's two)
+FUSABLE_BLOCKS: Tuple[type, ...] = (mace_blocks.RealAgnosticResidualInteractionBlock,
+                                    mace_blocks.RealAgnosticInteractionBlock)
+
+
+def patch(model: torch.nn.Module, *, fuse_interactions: bool = False) -> torch.nn.Module:
     """Swap the e3nn modules of a MACE model for batmobile_nn's, in place; returns ``model``.
 
     Every registered swap runs on every block it is about (interaction blocks: the convolution; product
@@ -97,6 +103,10 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     Args:
         model: a mace-torch model (``MACE``, ``ScaleShiftMACE``, multi-head, ...), or any module
             containing MACE interaction or product blocks.
+        fuse_interactions: also replace each ``RealAgnosticResidualInteractionBlock`` and
+            ``RealAgnosticInteractionBlock`` by a ``batmobile_nn.nn.FusedInteraction`` holding its modules
+            (the convolution then keeps the radial MLP's hidden features for the backward, not the per-edge
+            weights: ``patches/_fusion.py``). Opt-in: not yet measured on a GPU.
 
     Returns:
         ``model``, patched.
@@ -122,6 +132,12 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
         details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in reasons.items())
         warnings.warn(f"batmobile_nn.patch: left {class_name} stock ({details})", UnsupportedBlockWarning,
                       stacklevel=2)
+    if fuse_interactions:
+        left = _fusion.fuse(model, FUSABLE_BLOCKS)
+        if left:
+            details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in left.items())
+            warnings.warn(f"batmobile_nn.patch: interaction blocks not fused ({details})", UnsupportedBlockWarning,
+                          stacklevel=2)
     return model
 
 
@@ -135,6 +151,7 @@ def unpatch(model: torch.nn.Module) -> torch.nn.Module:
     >>> model = unpatch(model)  # doctest: +SKIP
     >>> torch.save(model, "stock.model")  # doctest: +SKIP
     """
+    _fusion.defuse(model)  # the blocks first (they hold the swapped modules), then the swaps
     for _, block in _blocks(model):
         for swap in reversed(registered_swaps()):
             if swap.applies_to(block) and swap.is_patched(block):
@@ -148,8 +165,8 @@ def is_patched(model: torch.nn.Module) -> bool:
     >>> is_patched(patch(model))  # doctest: +SKIP
     True
     """
-    return any(swap.applies_to(block) and swap.is_patched(block)
-               for _, block in _blocks(model) for swap in registered_swaps())
+    return _fusion.is_fused(model) or any(swap.applies_to(block) and swap.is_patched(block)
+                                          for _, block in _blocks(model) for swap in registered_swaps())
 
 
 @contextmanager
@@ -159,10 +176,10 @@ def unpatched(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     >>> with unpatched(model):  # doctest: +SKIP
     ...     torch.save(model, "stock.model")
     """
-    was_patched = is_patched(model)
+    was_patched, was_fused = is_patched(model), _fusion.is_fused(model)
     unpatch(model)
     try:
         yield model
     finally:
         if was_patched:
-            patch(model)
+            patch(model, fuse_interactions=was_fused)

@@ -1,0 +1,113 @@
+"""``patch(model, fuse_interactions=True)``: MACE's interaction blocks become ``FusedInteraction``s. Energies,
+forces, stress and a training step's gradients against stock MACE (float64 and float32), the ``state_dict``,
+unpatching (also of copies and pickles), the ``unpatched`` context, and the blocks it leaves alone."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("mace")
+
+import batmobile_nn  # noqa: E402
+from batmobile_nn.nn import FusedInteraction  # noqa: E402
+from batmobile_nn.patches import UnsupportedBlockWarning, is_patched  # noqa: E402
+from batmobile_nn.patches.mace import unpatched  # noqa: E402
+from mace_cases import assert_outputs_close, build_model, bulk_structure, evaluate, make_batch, molecule_structure  # noqa: E402,E501
+
+ARCH = dict(hidden_irreps="4x0e+4x1o", max_ell=2, correlation=2, first="RealAgnosticInteractionBlock")
+
+
+@pytest.fixture(scope="module")
+def stock_model():
+    return build_model(**ARCH)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_batch([bulk_structure(), molecule_structure()])
+
+
+@pytest.fixture
+def model(stock_model):
+    return copy.deepcopy(stock_model)
+
+
+def _fused_count(model):
+    return sum(isinstance(block, FusedInteraction) for block in model.interactions)
+
+
+def _training_gradients(model, batch):
+    """The gradients of a force loss (second derivatives through the forces) w.r.t. every parameter, by name."""
+    out = model(batch.to_dict(), training=True, compute_force=True)
+    loss = out["energy"].square().sum() + out["forces"].square().sum()
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(names, params, grads)}
+
+
+def test_fused_model_equals_stock(model, stock_model, batch):
+    stock = evaluate(stock_model, batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedBlockWarning)
+        batmobile_nn.patch(model, fuse_interactions=True)
+    assert _fused_count(model) == 2 and is_patched(model)
+    assert model.state_dict().keys() == stock_model.state_dict().keys()
+    assert_outputs_close(evaluate(model, batch), stock, 1e-10)
+    expected, got = _training_gradients(stock_model, batch), _training_gradients(model, batch)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        scale = max(expected[name].abs().max().item(), 1e-12)
+        assert (got[name] - expected[name]).abs().max().item() / scale < 1e-9, name
+    model.float()  # converted while fused, then compared with the stock float32 model
+    stock32 = copy.deepcopy(stock_model).float()
+    batch32 = make_batch([bulk_structure(), molecule_structure()], dtype=torch.float32)
+    assert_outputs_close(evaluate(model, batch32), evaluate(stock32, batch32), 1e-5)
+
+
+def test_unpatch_restores_stock_blocks(model, stock_model, batch):
+    stock_blocks = list(model.interactions)
+    batmobile_nn.patch(model, fuse_interactions=True)
+    batmobile_nn.patch(model, fuse_interactions=True)  # twice: nothing more
+    assert _fused_count(model) == 2
+    batmobile_nn.unpatch(model)
+    assert list(model.interactions) == stock_blocks and not is_patched(model)
+    assert type(model.interactions[0].conv_tp).__name__ == "TensorProduct"
+    assert_outputs_close(evaluate(model, batch), evaluate(stock_model, batch), 1e-12)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    assert b"batmobile" not in buffer.getvalue()
+
+
+def test_copies_pickles_and_the_unpatched_context(model, batch, stock_model):
+    batmobile_nn.patch(model, fuse_interactions=True)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert _fused_count(other) == 2
+        batmobile_nn.unpatch(other)
+        assert _fused_count(other) == 0 and not is_patched(other)
+        assert_outputs_close(evaluate(other, batch), evaluate(stock_model, batch), 1e-12)
+    with unpatched(model):
+        assert _fused_count(model) == 0 and not is_patched(model)
+    assert _fused_count(model) == 2  # fused again, as it was
+
+
+def test_blocks_it_cannot_fuse_are_named(monkeypatch):
+    """Blocks of other classes are not fused (and not warned about); blocks whose radial MLP was not swapped are
+    named in one warning; the rest of the model is patched."""
+    model = build_model(hidden_irreps="4x0e+4x1o", interaction="RealAgnosticDensityInteractionBlock")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedBlockWarning)
+        batmobile_nn.patch(model, fuse_interactions=True)
+    assert _fused_count(model) == 0 and is_patched(model)
+    from batmobile_nn.patches import _registry
+    from batmobile_nn.patches.mace import RADIAL_SWAP
+    monkeypatch.setattr(_registry, "_SWAPS", [s for s in _registry._SWAPS if s is not RADIAL_SWAP])
+    model = build_model(**ARCH)
+    with pytest.warns(UnsupportedBlockWarning, match="not fused.*radial MLP was not swapped"):
+        batmobile_nn.patch(model, fuse_interactions=True)
+    assert _fused_count(model) == 0 and is_patched(model)
