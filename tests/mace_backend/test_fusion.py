@@ -111,3 +111,18 @@ def test_blocks_it_cannot_fuse_are_named(monkeypatch):
     with pytest.warns(UnsupportedBlockWarning, match="not fused.*radial MLP was not swapped"):
         batmobile_nn.patch(model, fuse_interactions=True)
     assert _fused_count(model) == 0 and is_patched(model)
+
+
+@pytest.mark.cuda
+def test_fused_model_equals_stock_on_the_gpu(stock_model):
+    """On the GPU (the convolution's CUDA kernels behind ops.conv_radial): energies, forces, stress, and a training
+    step's gradients against stock MACE on the GPU, float64."""
+    stock = copy.deepcopy(stock_model).to("cuda")
+    batch = make_batch([bulk_structure(), molecule_structure()]).to("cuda")
+    model = batmobile_nn.patch(copy.deepcopy(stock), fuse_interactions=True)
+    assert _fused_count(model) == 2
+    assert_outputs_close(evaluate(model, batch), evaluate(stock, batch), 1e-10)
+    expected, got = _training_gradients(stock, batch), _training_gradients(model, batch)
+    for name in expected:
+        scale = max(expected[name].abs().max().item(), 1e-12)
+        assert (got[name] - expected[name]).abs().max().item() / scale < 1e-9, name
