@@ -14,6 +14,7 @@ Kernel signatures (launched by ``csrc/uvu_jit.cu``; pointers may be null where n
 ``g1_atomic`` variant, launched with ``jit_launch``, takes ``g1 [n_nodes, DIM1]`` in place of ``g1_edge``).
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,12 +35,14 @@ class UvuSpec:
     def warps(self) -> int:
         return self.threads // 32
 
-    @property
+    @functools.cached_property
     def out_covered(self) -> bool:
-        """Whether the instructions write every column of the output (else the output starts at zero)."""
+        """Whether the instructions write every column of the output (else the output starts at zero).
+        Cached: the launches read it on every call (a set of dim_out columns: ~0.3 ms of host time for
+        MACE-MP-medium if recomputed)."""
         return _covers(self.dims[2], [(ins[4], self.mul * (2 * ins[5] + 1)) for ins in self.instructions])
 
-    @property
+    @functools.cached_property
     def in1_covered(self) -> bool:
         return _covers(self.dims[0], [(ins[0], self.mul * (2 * ins[1] + 1)) for ins in self.instructions])
 
