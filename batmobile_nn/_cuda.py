@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _build, _element_linear, _sc, _uvu, _uvw, reference
+from . import _backend, _build, _element_linear, _sc, _uvu, _uvu_radial_codegen, _uvw, reference
 from ._identity import identity
 from .ops import _checks, _plan, _trilinear
 
@@ -227,6 +227,22 @@ def conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
                              _plan.dims(plan)[2], tables.threads)
 
 
+def conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, radial_weight: Tensor, alpha: float,
+                sender: Tensor, receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
+                deterministic: bool) -> Tensor:
+    """``conv`` of ``alpha * radial_hidden @ radial_weight``: the weights made inside the uvu kernel when
+    ``_uvu.RADIAL_IN_KERNEL``, else by a matrix product before the convolution."""
+    if _uvu.RADIAL_IN_KERNEL and radial_hidden.shape[1] <= _uvu_radial_codegen.MAX_HIDDEN:
+        uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, True)
+        if uvu is not None:
+            order, row_ptr = _receiver_graph(receiver, node_feats.shape[0], deterministic)
+            send = _sorted_senders(sender, receiver, order)
+            return _uvu.forward_radial(uvu, node_feats, edge_attrs, radial_hidden, radial_weight, alpha, order, send,
+                                       row_ptr)
+    weight = torch.addmm(radial_hidden.new_empty(()), radial_hidden, radial_weight, beta=0, alpha=alpha)
+    return conv(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
+
+
 def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor,
                   receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
                   deterministic: bool, needs: List[bool]):
@@ -320,7 +336,8 @@ def spherical_harmonics_double_backward(grad_grad_vectors: Tensor, grad_sh: Tens
 
 
 KERNEL_NAMES = ("spherical_harmonics", "spherical_harmonics_backward", "spherical_harmonics_double_backward",
-                "tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_double_backward")
+                "tensor_product", "tensor_product_backward", "conv", "conv_backward", "conv_double_backward",
+                "conv_radial")
 
 
 def load(device: Optional[torch.device] = None) -> None:

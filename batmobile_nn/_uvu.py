@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _jit, _uvu_codegen, _uvu_dbl_codegen
+from . import _backend, _jit, _uvu_codegen, _uvu_dbl_codegen, _uvu_radial_codegen
 from .ops import _trilinear
 
 _cache: Dict[tuple, Optional["UvuKernels"]] = {}
@@ -22,6 +22,9 @@ enabled = os.environ.get("BATMOBILE_NN_UVU", "1") != "0"
 # edges in flight per forward loop iteration: 2 in float32 (H200, MACE-MP-medium, 170k edges: 1.23 -> 0.96 ms);
 # 1 in float64, whose registers are full at 1
 FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
+# conv_radial's forward with the per-edge weights made inside the kernel (_uvu_radial_codegen.py) instead of a
+# matrix product before it: off until it has run on a GPU (BATMOBILE_NN_RADIAL_IN_KERNEL=1 turns it on)
+RADIAL_IN_KERNEL = os.environ.get("BATMOBILE_NN_RADIAL_IN_KERNEL", "0") == "1"
 if os.environ.get("BATMOBILE_NN_UVU_UNROLL"):
     FORWARD_UNROLL = dict.fromkeys(FORWARD_UNROLL, int(os.environ["BATMOBILE_NN_UVU_UNROLL"]))
 
@@ -35,6 +38,16 @@ class UvuKernels:
     device: torch.device
     _backward_atomic: Optional[int] = None
     _double_backward: Optional[Dict[tuple, int]] = None
+    _radial: Optional[Dict[tuple, int]] = None
+
+    def radial(self, hidden: int, alpha: float) -> int:
+        """The forward with the radial layer inside, for its input size and scale (compiled on first use)."""
+        if self._radial is None:
+            self._radial = {}
+        if (hidden, alpha) not in self._radial:
+            source = _uvu_radial_codegen.forward_radial_source(self.spec, self.ctype, hidden, alpha)
+            self._radial[(hidden, alpha)] = _compile(source, "bm_uvu_fwd_radial", self.device)
+        return self._radial[(hidden, alpha)]
 
     @property
     def backward_atomic(self) -> int:
@@ -90,6 +103,19 @@ def forward(k: UvuKernels, in1: Tensor, in2: Tensor, weight: Tensor, order: Opti
     return torch.ops.batmobile_cuda.uvu_forward(k.forward, k.spec.threads, in1.contiguous(), in2.contiguous(),
                                                 weight.contiguous(), order, send, row_ptr, dim1, dim2, dim_out,
                                                 weight_numel, not k.spec.out_covered)
+
+
+def forward_radial(k: UvuKernels, in1: Tensor, in2: Tensor, radial_hidden: Tensor, radial_weight: Tensor,
+                   alpha: float, order: Optional[Tensor], send: Optional[Tensor], row_ptr: Tensor) -> Tensor:
+    """``forward`` with ``alpha * radial_hidden @ radial_weight`` as the weights, made in the kernel:
+    ``radial_hidden [n_edges, hidden]``, ``radial_weight [hidden, weight_numel]`` -> ``[n_nodes, dim_out]``."""
+    n_nodes, dim_out = in1.shape[0], k.spec.dims[2]
+    out = (in1.new_empty if k.spec.out_covered else in1.new_zeros)(n_nodes, dim_out)  # [n_nodes, dim_out]
+    if n_nodes:  # (no edges: the kernel writes the zero sums)
+        _jit.launch(k.radial(radial_hidden.shape[1], alpha), min(n_nodes, _jit.MAX_GRID), k.spec.threads,
+                    [in1.contiguous(), in2.contiguous(), radial_hidden.contiguous(), radial_weight.contiguous(), order,
+                     send, row_ptr, out], [n_nodes])
+    return out
 
 
 def backward(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor, order: Optional[Tensor],

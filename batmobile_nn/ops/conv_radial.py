@@ -8,9 +8,9 @@ from ``radial_hidden`` and ``radial_weight`` (``ops/conv.py`` for the convolutio
 Why an op of its own: the separate layers keep ``weight`` from the forward to the backward
 (``[n_edges, weight_numel]``: 1,280 values an edge at MACE-MP-medium's shape, the largest tensor of an
 energy-and-forces step); this op keeps ``radial_hidden`` (64 values an edge) and makes ``weight`` again in
-its backward, one matrix product more. ``weight`` still exists in memory for the time of one call (a
-matrix product, then the convolution's kernels); computing it inside the convolution kernels, so that it
-is never written, is the next step (issue #5, point 3).
+its backward, one matrix product more. On the CPU, and by default on the GPU, ``weight`` still exists for the
+time of one call (a matrix product, then the convolution); ``_uvu.RADIAL_IN_KERNEL`` makes the GPU forward
+compute it inside the convolution kernel (``_uvu_radial_codegen.py``), never written (opt-in until measured).
 """
 
 from typing import List, Optional
@@ -18,8 +18,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from .. import _backend
 from . import _checks, _eager, _plan
-from .conv import _conv, conv_backward
+from .conv import _check_data, _conv, conv_backward
 
 OP = "conv_radial"
 
@@ -57,6 +58,11 @@ def _conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, 
     """``node_feats [n_nodes, dim_in1]``, ``edge_attrs [n_edges, dim_in2]``, ``radial_hidden [n_edges, hidden]``,
     ``radial_weight [hidden, weight_numel]``, ``sender``/``receiver [n_edges]`` -> ``[n_nodes, dim_out]``."""
     _check(node_feats, edge_attrs, radial_hidden, radial_weight, sender, receiver, sender_perm, plan, cg)
+    impl = _backend.implementation(OP, node_feats.device)
+    if impl is not getattr(_backend.reference, OP):  # the CUDA path (_cuda.conv_radial)
+        _check_data(node_feats, sender, receiver, deterministic)
+        return impl(node_feats, edge_attrs, radial_hidden, radial_weight, alpha, sender, receiver, sender_perm, plan,
+                    cg, deterministic)
     weight = _weight(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel], freed on return
     return _conv(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
 

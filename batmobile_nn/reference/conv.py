@@ -20,6 +20,14 @@ def conv(node_feats: torch.Tensor, edge_attrs: torch.Tensor, weight: torch.Tenso
     return out.index_add_(0, receiver.long(), messages)
 
 
+def conv_radial(node_feats: torch.Tensor, edge_attrs: torch.Tensor, radial_hidden: torch.Tensor,
+                radial_weight: torch.Tensor, alpha: float, sender: torch.Tensor, receiver: torch.Tensor,
+                plan: List[int], cg: List[float]) -> torch.Tensor:
+    """``conv`` with ``alpha * radial_hidden @ radial_weight`` as its per-edge weights (``ops/conv_radial.py``)."""
+    weight = alpha * (radial_hidden @ radial_weight)  # [n_edges, weight_numel]
+    return conv(node_feats, edge_attrs, weight, sender, receiver, plan, cg)
+
+
 def conv_backward(grad_out: torch.Tensor, node_feats: torch.Tensor, edge_attrs: torch.Tensor, weight: torch.Tensor,
                   sender: torch.Tensor, receiver: torch.Tensor, plan: List[int], cg: List[float], needs: List[bool]):
     """Gradients ``(node_feats, edge_attrs, weight)``; entries not in ``needs`` are empty tensors."""
