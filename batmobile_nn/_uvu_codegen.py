@@ -167,20 +167,25 @@ def _dim2_store(spec: UvuSpec, values: str, dest: str, atomic: bool, indent: str
     return lines + [f"{indent}}}"]
 
 
+def forward_head(spec: UvuSpec) -> List[str]:
+    """The forwards' head: a thread per channel, a block per receiver node (grid-stride), the accumulators of every
+    instruction's output, and the node's CSR range ``[p_begin, p_end)``."""
+    lines = ["  const int u = threadIdx.x;",
+             "  if (u >= M) return;  // no block-wide communication in the forward",
+             "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {"]
+    for n, ins in enumerate(spec.instructions):
+        lines += [f"    T acc_{n}_{k} = T(0);" for k in range(2 * ins[5] + 1)]
+    return lines + ["    const i64 p_begin = row_ptr ? row_ptr[node] : node;",
+                    "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;"]
+
+
 def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1) -> str:
     lines = _header(spec, ctype) + [
         'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_fwd(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w,",
         "    const i64* __restrict__ order, const i64* __restrict__ send, const i64* __restrict__ row_ptr,",
-        "    T* __restrict__ out, i64 n_nodes) {",
-        "  const int u = threadIdx.x;",
-        "  if (u >= M) return;  // no block-wide communication in the forward",
-        "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {"]
-    for n, ins in enumerate(spec.instructions):
-        lines += [f"    T acc_{n}_{k} = T(0);" for k in range(2 * ins[5] + 1)]
-    lines += ["    const i64 p_begin = row_ptr ? row_ptr[node] : node;",
-              "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;",
-              f"#pragma unroll {unroll}",
+        "    T* __restrict__ out, i64 n_nodes) {"] + forward_head(spec)
+    lines += [f"#pragma unroll {unroll}",
               "    for (i64 p = p_begin; p < p_end; ++p) {"]
     lines += _edge_loads(spec, guard="")
     for n, ins in enumerate(spec.instructions):

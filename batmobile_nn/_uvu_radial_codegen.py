@@ -15,7 +15,7 @@ n_nodes)``.
 
 from typing import Dict, List
 
-from ._uvu_codegen import UvuSpec, _header, _lit, _row_store
+from ._uvu_codegen import UvuSpec, _header, _lit, _row_store, forward_head
 
 MAX_HIDDEN = 128  # the radial column lives in registers
 
@@ -28,14 +28,7 @@ def forward_radial_source(spec: UvuSpec, ctype: str, hidden: int, alpha: float) 
         'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_fwd_radial(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ hidden,",
         "    const T* __restrict__ radial, const i64* __restrict__ order, const i64* __restrict__ send,",
-        "    const i64* __restrict__ row_ptr, T* __restrict__ out, i64 n_nodes) {",
-        "  const int u = threadIdx.x;",
-        "  if (u >= M) return;  // no block-wide communication",
-        "  for (i64 node = blockIdx.x; node < n_nodes; node += gridDim.x) {",
-        "    const i64 p_begin = row_ptr ? row_ptr[node] : node;",
-        "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;"]
-    for n, ins in enumerate(spec.instructions):
-        lines += [f"    T acc_{n}_{k} = T(0);" for k in range(2 * ins[5] + 1)]
+        "    const i64* __restrict__ row_ptr, T* __restrict__ out, i64 n_nodes) {"] + forward_head(spec)
     for n, ins in enumerate(spec.instructions):
         off1, l1, off2, _, _, _, w_off = ins
         d1 = 2 * l1 + 1
