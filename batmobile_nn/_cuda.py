@@ -232,13 +232,19 @@ def conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, r
                 deterministic: bool) -> Tensor:
     """``conv`` of ``alpha * radial_hidden @ radial_weight``: the weights made inside the uvu kernel when
     ``_uvu.RADIAL_IN_KERNEL``, else by a matrix product before the convolution."""
-    if _uvu.RADIAL_IN_KERNEL and radial_hidden.shape[1] <= _uvu_radial_codegen.MAX_HIDDEN:
+    if _uvu.RADIAL_IN_KERNEL and 1 <= radial_hidden.shape[1] <= _uvu_radial_codegen.MAX_HIDDEN:
         uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, True)
         if uvu is not None:
             order, row_ptr = _receiver_graph(receiver, node_feats.shape[0], deterministic)
             send = _sorted_senders(sender, receiver, order)
-            return _uvu.forward_radial(uvu, node_feats, edge_attrs, radial_hidden, radial_weight, alpha, order, send,
-                                       row_ptr)
+            try:
+                return _uvu.forward_radial(uvu, node_feats, edge_attrs, radial_hidden, radial_weight, alpha, order,
+                                           send, row_ptr)
+            except (ImportError, OSError, RuntimeError) as exc:  # NVRTC refused the source: the two steps
+                warnings.warn(f"batmobile_nn: the convolution with the radial layer inside could not be compiled "
+                              f"({exc}); using a matrix product, then the convolution.", _backend.ReferencePathWarning,
+                              stacklevel=3)
+                _uvu.RADIAL_IN_KERNEL = False
     weight = torch.addmm(radial_hidden.new_empty(()), radial_hidden, radial_weight, beta=0, alpha=alpha)
     return conv(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
 

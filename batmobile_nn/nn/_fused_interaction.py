@@ -50,7 +50,9 @@ def unsupported(block: torch.nn.Module) -> Optional[str]:
 
 class FusedInteraction(torch.nn.Module):
     """A MACE interaction block (``RealAgnosticResidualInteractionBlock``, or ``RealAgnosticInteractionBlock``
-    with ``residual=False``): same arguments, inputs, outputs and ``state_dict`` as mace's.
+    with ``residual=False``): the inputs mace passes (by keyword; the positional order is the residual block's),
+    the outputs and the ``state_dict`` of mace's. The constructor takes mace's irreps arguments (not
+    ``edge_irreps`` nor the cuEquivariance / OpenEquivariance configs).
 
     ``forward(node_attrs, node_feats, edge_attrs, edge_feats, edge_index, cutoff=None, ...)`` returns
     ``(message [n_nodes, mul, (l_max + 1) ** 2], sc)`` with ``sc`` the skip connection (residual) or None.

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks, _eager, _plan
-from .conv import _check_data, _conv, conv_backward
+from .conv import _conv, conv_backward
 
 OP = "conv_radial"
 
@@ -58,9 +58,11 @@ def _conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, 
     """``node_feats [n_nodes, dim_in1]``, ``edge_attrs [n_edges, dim_in2]``, ``radial_hidden [n_edges, hidden]``,
     ``radial_weight [hidden, weight_numel]``, ``sender``/``receiver [n_edges]`` -> ``[n_nodes, dim_out]``."""
     _check(node_feats, edge_attrs, radial_hidden, radial_weight, sender, receiver, sender_perm, plan, cg)
+    _checks.index_ranges(OP, node_feats.shape[0], sender=sender, receiver=receiver)
+    if deterministic:
+        _checks.sorted_receivers(OP, receiver)
     impl = _backend.implementation(OP, node_feats.device)
     if impl is not getattr(_backend.reference, OP):  # the CUDA path (_cuda.conv_radial)
-        _check_data(node_feats, sender, receiver, deterministic)
         return impl(node_feats, edge_attrs, radial_hidden, radial_weight, alpha, sender, receiver, sender_perm, plan,
                     cg, deterministic)
     weight = _weight(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel], freed on return

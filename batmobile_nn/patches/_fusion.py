@@ -50,6 +50,11 @@ def defuse(model: torch.nn.Module) -> None:
         for name, child in list(parent.named_children()):
             block = getattr(child, BLOCK, None) if isinstance(child, FusedInteraction) else None
             if block is not None:
+                # the submodules are shared; plain attributes were copied (mace's fine-tuning sets
+                # avg_num_neighbors on live models): the block takes the fused module's current ones
+                for attribute in ("avg_num_neighbors",) + FusedInteraction._MACE_ATTRIBUTES:
+                    if hasattr(child, attribute):
+                        setattr(block, attribute, getattr(child, attribute))
                 setattr(parent, name, block)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from problems import MACE_PROBLEMS
 
-from batmobile_nn import _uvu, reference
+from batmobile_nn import _backend, _uvu, reference
 from batmobile_nn.ops import conv_radial
 
 from cuda_cases import compare, randn, random_graph
@@ -41,4 +41,5 @@ def test_matches_the_separate_layers(deterministic, in_kernel, dtype, monkeypatc
                               plan.plan_list, plan.cg_list)
     compare(ours, separate, raw, dtype, f"conv_radial {problem}")
     assert bool(launched) == in_kernel
+    assert "conv_radial" in _backend.KERNELS.get("cuda", {}), "the CUDA kernels did not load (reference path)"
 

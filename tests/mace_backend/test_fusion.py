@@ -96,6 +96,17 @@ def test_copies_pickles_and_the_unpatched_context(model, batch, stock_model):
     assert _fused_count(model) == 2  # fused again, as it was
 
 
+def test_attributes_set_while_fused_come_back(model, batch):
+    """mace's fine-tuning sets ``avg_num_neighbors`` on live models: a value set while fused stays after unpatching."""
+    batmobile_nn.patch(model, fuse_interactions=True)
+    for block in model.interactions:
+        block.avg_num_neighbors = 20.0
+    fused = evaluate(model, batch)
+    with unpatched(model):
+        assert [block.avg_num_neighbors for block in model.interactions] == [20.0, 20.0]
+        assert_outputs_close(evaluate(model, batch), fused, 1e-10)
+
+
 def test_blocks_it_cannot_fuse_are_named(monkeypatch):
     """Blocks of other classes are not fused (and not warned about); blocks whose radial MLP was not swapped are
     named in one warning; the rest of the model is patched."""
@@ -122,6 +133,8 @@ def test_fused_model_equals_stock_on_the_gpu(stock_model):
     model = batmobile_nn.patch(copy.deepcopy(stock), fuse_interactions=True)
     assert _fused_count(model) == 2
     assert_outputs_close(evaluate(model, batch), evaluate(stock, batch), 1e-10)
+    from batmobile_nn import _backend
+    assert "conv_radial" in _backend.KERNELS.get("cuda", {}), "the CUDA kernels did not load (reference path)"
     expected, got = _training_gradients(stock, batch), _training_gradients(model, batch)
     for name in expected:
         scale = max(expected[name].abs().max().item(), 1e-12)

@@ -190,7 +190,9 @@ def test_sorted_receivers_are_remembered_until_changed():
     receiver = torch.tensor([0, 1, 1, 3, 3])
     _conv(receiver=receiver, deterministic=True)
     assert _checks._key(receiver, -1) in _checks._checked
-    receiver[1] = 2  # [0, 2, 1, 3, 3]: unsorted, a new version of the same tensor
+    receiver.data[1] = 2  # through .data: the version counter does not move, so the remembered check is used
+    _conv(receiver=receiver, deterministic=True)  # (no error: the data was not read again)
+    receiver[1] = 2  # in place: [0, 2, 1, 3, 3], unsorted, a new version of the same tensor
     with pytest.raises(ValueError, match="sorted by receiver"):
         _conv(receiver=receiver, deterministic=True)
 

@@ -124,5 +124,7 @@ def test_index_out_of_range():
     sender, receiver = random_graph(N_NODES, N_EDGES, seed=10)
     plan = PROBLEM.plan()
     inputs = [t.detach() for t in _inputs(PROBLEM, torch.float64)]
-    with pytest.raises(ValueError, match="receiver holds indices"):
+    with pytest.raises(ValueError, match="batmobile.conv_radial: receiver holds indices"):
         conv_radial(*inputs, ALPHA, sender, receiver + N_NODES, None, plan.plan_list, plan.cg_list, False)
+    with pytest.raises(ValueError, match="batmobile.conv_radial: deterministic=True needs edges sorted by receiver"):
+        conv_radial(*inputs, ALPHA, sender, receiver.flip(0), None, plan.plan_list, plan.cg_list, True)
