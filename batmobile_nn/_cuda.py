@@ -22,6 +22,7 @@ from torch import Tensor
 from . import _backend, _build, _element_linear, _sc, _uvu, _uvu_radial_codegen, _uvw, reference
 from ._identity import identity
 from .ops import _checks, _plan, _trilinear
+from .ops.conv_radial import radial_weights
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
 MAX_THREADS = 256
@@ -245,7 +246,7 @@ def conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, r
                               f"({exc}); using a matrix product, then the convolution.", _backend.ReferencePathWarning,
                               stacklevel=3)
                 _uvu.RADIAL_IN_KERNEL = False
-    weight = torch.addmm(radial_hidden.new_empty(()), radial_hidden, radial_weight, beta=0, alpha=alpha)
+    weight = radial_weights(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel]
     return conv(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks, _eager, _plan
-from .conv import _conv, conv_backward
+from .conv import conv_backward
 
 OP = "conv_radial"
 
@@ -46,8 +46,8 @@ def _check(node_feats, edge_attrs, radial_hidden, radial_weight, sender, receive
         _checks.sender_perm(OP, sender_perm, n_edges, node_feats.device)
 
 
-def _weight(radial_hidden: Tensor, radial_weight: Tensor, alpha: float) -> Tensor:
-    """``alpha * radial_hidden @ radial_weight``: ``[n_edges, weight_numel]``, one kernel."""
+def radial_weights(radial_hidden: Tensor, radial_weight: Tensor, alpha: float) -> Tensor:
+    """``alpha * radial_hidden @ radial_weight``: ``[n_edges, weight_numel]``, one kernel (also ``_cuda``'s)."""
     empty = radial_hidden.new_empty(())  # addmm's first argument, not read (beta = 0)
     return torch.addmm(empty, radial_hidden, radial_weight, beta=0, alpha=alpha)
 
@@ -62,11 +62,10 @@ def _conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, 
     if deterministic:
         _checks.sorted_receivers(OP, receiver)
     impl = _backend.implementation(OP, node_feats.device)
-    if impl is not getattr(_backend.reference, OP):  # the CUDA path (_cuda.conv_radial)
-        return impl(node_feats, edge_attrs, radial_hidden, radial_weight, alpha, sender, receiver, sender_perm, plan,
-                    cg, deterministic)
-    weight = _weight(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel], freed on return
-    return _conv(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic)
+    if impl is getattr(_backend.reference, OP):
+        return impl(node_feats, edge_attrs, radial_hidden, radial_weight, alpha, sender, receiver, plan, cg)
+    return impl(node_feats, edge_attrs, radial_hidden, radial_weight, alpha, sender, receiver, sender_perm, plan, cg,
+                deterministic)  # _cuda.conv_radial
 
 
 _conv_radial_op = torch.library.custom_op("batmobile::conv_radial", _conv_radial, mutates_args=())
@@ -93,7 +92,7 @@ def _backward(ctx, grad_out):
     need_node, need_edge, need_hidden, need_radial = _eager.needs(ctx)[:4]
     # differentiable steps (a matrix product, the convolution's backward op, matrix products), so that a
     # backward building a graph (training on forces) has second derivatives
-    weight = _weight(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel], again
+    weight = radial_weights(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel], again
     needs = [need_node, need_edge, need_hidden or need_radial]
     grad_node, grad_edge, grad_weight = _eager.pick(ctx, conv_backward)(
         grad_out.contiguous(), node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, cg, deterministic,

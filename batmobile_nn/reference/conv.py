@@ -24,7 +24,8 @@ def conv_radial(node_feats: torch.Tensor, edge_attrs: torch.Tensor, radial_hidde
                 radial_weight: torch.Tensor, alpha: float, sender: torch.Tensor, receiver: torch.Tensor,
                 plan: List[int], cg: List[float]) -> torch.Tensor:
     """``conv`` with ``alpha * radial_hidden @ radial_weight`` as its per-edge weights (``ops/conv_radial.py``)."""
-    weight = alpha * (radial_hidden @ radial_weight)  # [n_edges, weight_numel]
+    weight = torch.addmm(radial_hidden.new_empty(()), radial_hidden, radial_weight, beta=0,
+                         alpha=alpha)  # [n_edges, weight_numel]
     return conv(node_feats, edge_attrs, weight, sender, receiver, plan, cg)
 
 
