@@ -24,6 +24,10 @@ enabled = os.environ.get("BATMOBILE_NN_UVU", "1") != "0"
 FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
 # conv_radial's forward with the per-edge weights made inside the kernel (_uvu_radial_codegen.py) instead of a
 # matrix product before it: off until it has run on a GPU (BATMOBILE_NN_RADIAL_IN_KERNEL=1 turns it on)
+# the forward's other tuning choices (_uvu_codegen.forward_source): resident blocks per multiprocessor asked of ptxas
+# (0: its choice) and weights loaded evict-first; the defaults are the measured best (csrc/README.md)
+FORWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
+FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: False}
 RADIAL_IN_KERNEL = os.environ.get("BATMOBILE_NN_RADIAL_IN_KERNEL", "0") == "1"
 if os.environ.get("BATMOBILE_NN_UVU_UNROLL"):
     FORWARD_UNROLL = dict.fromkeys(FORWARD_UNROLL, int(os.environ["BATMOBILE_NN_UVU_UNROLL"]))
@@ -86,7 +90,8 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
     if spec is not None:
         ctype = "float" if dtype == torch.float32 else "double"
         try:
-            forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype])
+            forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype], FORWARD_MIN_BLOCKS[dtype],
+                                                         FORWARD_STREAM_WEIGHTS[dtype])
             kernels = UvuKernels(spec, _compile(forward_source, "bm_uvu_fwd", device),
                                  _compile(_uvu_codegen.backward_source(spec, ctype), "bm_uvu_bwd", device),
                                  ctype, device)

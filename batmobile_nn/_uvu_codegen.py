@@ -100,8 +100,9 @@ def _header(spec: UvuSpec, ctype: str) -> List[str]:
             f"#define WNUMEL {wnumel}", f"#define THREADS {spec.threads}", f"#define WARPS {spec.warps}"]
 
 
-def _edge_loads(spec: UvuSpec, guard: str) -> List[str]:
-    """Loads of the edge's sender row slices (a_<offset>_<i>), harmonics (b_<j>) and weights (w_<n>)."""
+def _edge_loads(spec: UvuSpec, guard: str, stream_weights: bool = False) -> List[str]:
+    """Loads of the edge's sender row slices (a_<offset>_<i>), harmonics (b_<j>) and weights (w_<n>);
+    ``stream_weights``: the weights, read once, through ``__ldcs`` (evict-first) to leave L1 to the sender rows."""
     # (loading the next edge's indices one iteration ahead was measured slower on an H200: 0.96 -> 1.9 ms)
     lines = ["      const i64 e = order ? order[p] : p;", "      const i64 s = send ? send[p] : e;",
              "      const T* xs = x1 + s * DIM1;", "      const T* ye = x2 + e * DIM2;",
@@ -113,7 +114,8 @@ def _edge_loads(spec: UvuSpec, guard: str) -> List[str]:
     for j in sorted({ins[2] + j for ins in spec.instructions for j in range(2 * ins[3] + 1)}):
         lines.append(f"      const T b_{j} = ye[{j}];")
     for n, ins in enumerate(spec.instructions):
-        lines.append(f"      const T w_{n} = {guard}we[{ins[6]}]{' : T(0)' if guard else ''};")
+        load = f"__ldcs(we + {ins[6]})" if stream_weights else f"we[{ins[6]}]"
+        lines.append(f"      const T w_{n} = {guard}{load}{' : T(0)' if guard else ''};")
     return lines
 
 
@@ -179,15 +181,19 @@ def forward_head(spec: UvuSpec) -> List[str]:
                     "    const i64 p_end = row_ptr ? row_ptr[node + 1] : node + 1;"]
 
 
-def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1) -> str:
+def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1, min_blocks: int = 0,
+                   stream_weights: bool = False) -> str:
+    """The forward; ``unroll``: edges per loop iteration, ``min_blocks``: resident blocks per multiprocessor asked
+    of ptxas (0: its choice), ``stream_weights``: see ``_edge_loads``."""
+    bounds = f"THREADS, {min_blocks}" if min_blocks else "THREADS"
     lines = _header(spec, ctype) + [
-        'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_fwd(',
+        f'extern "C" __global__ void __launch_bounds__({bounds}) bm_uvu_fwd(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w,",
         "    const i64* __restrict__ order, const i64* __restrict__ send, const i64* __restrict__ row_ptr,",
         "    T* __restrict__ out, i64 n_nodes) {"] + forward_head(spec)
     lines += [f"#pragma unroll {unroll}",
               "    for (i64 p = p_begin; p < p_end; ++p) {"]
-    lines += _edge_loads(spec, guard="")
+    lines += _edge_loads(spec, guard="", stream_weights=stream_weights)
     for n, ins in enumerate(spec.instructions):
         off1, _, off2 = ins[0], ins[1], ins[2]
         by_k: Dict[int, List[str]] = {}
