@@ -100,10 +100,10 @@ def _build_tables(plan: Tuple[int, ...], cg: Tuple[float, ...], device: torch.de
 
 
 def _tables_for(plan: List[int], cg: List[float], device: torch.device, dtype: torch.dtype) -> _Tables:
-    key = (tuple(plan), tuple(cg), device, dtype)
+    key = (_plan.token(plan, cg), device, dtype)
     tables = _tables.get(key)
     if tables is None:
-        tables = _tables[key] = _build_tables(key[0], key[1], device, dtype)
+        tables = _tables[key] = _build_tables(tuple(plan), tuple(cg), device, dtype)
     return tables
 
 

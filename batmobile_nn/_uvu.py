@@ -15,19 +15,22 @@ import torch
 from torch import Tensor
 
 from . import _backend, _jit, _uvu_codegen, _uvu_dbl_codegen, _uvu_radial_codegen
-from .ops import _trilinear
+from .ops import _plan, _trilinear
 
 _cache: Dict[tuple, Optional["UvuKernels"]] = {}
 enabled = os.environ.get("BATMOBILE_NN_UVU", "1") != "0"
 # edges in flight per forward loop iteration: 2 in float32 (H200, MACE-MP-medium, 170k edges: 1.23 -> 0.96 ms);
 # 1 in float64, whose registers are full at 1
 FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
-# conv_radial's forward with the per-edge weights made inside the kernel (_uvu_radial_codegen.py) instead of a
-# matrix product before it: off until it has run on a GPU (BATMOBILE_NN_RADIAL_IN_KERNEL=1 turns it on)
 # the forward's other tuning choices (_uvu_codegen.forward_source): resident blocks per multiprocessor asked of ptxas
-# (0: its choice) and weights loaded evict-first; the defaults are the measured best (csrc/README.md)
-FORWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
-FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: False}
+# (0: its choice) and weights loaded evict-first. The best of 32 variants on an H200 (MACE-MP-medium, 170k edges,
+# csrc/README.md run 10): float32 5 blocks (0.460 -> 0.344 ms the kernel), float64 3 blocks and evict-first
+# weights (0.765 -> 0.711 ms)
+FORWARD_MIN_BLOCKS = {torch.float32: 5, torch.float64: 3}
+FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: True}
+# conv_radial's forward with the per-edge weights made inside the kernel (_uvu_radial_codegen.py) instead of a
+# matrix product before it: off, 2.2x slower on an H200 (3.29 against 1.47 ms at MACE-MP-medium, 170k edges, csrc/
+# README.md run 10); BATMOBILE_NN_RADIAL_IN_KERNEL=1 turns it on
 RADIAL_IN_KERNEL = os.environ.get("BATMOBILE_NN_RADIAL_IN_KERNEL", "0") == "1"
 if os.environ.get("BATMOBILE_NN_UVU_UNROLL"):
     FORWARD_UNROLL = dict.fromkeys(FORWARD_UNROLL, int(os.environ["BATMOBILE_NN_UVU_UNROLL"]))
@@ -82,7 +85,7 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
         return None
     if device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
-    key = (tuple(plan), tuple(cg), dtype, device, per_edge_weights)
+    key = (_plan.token(plan, cg), dtype, device, per_edge_weights)
     if key in _cache:
         return _cache[key]
     spec, _reason = _uvu_codegen.uvu_spec(plan, cg, per_edge_weights, torch.finfo(dtype).bits // 8)

@@ -66,7 +66,7 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
         return None
     if device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
-    key = (tuple(plan), tuple(cg), dtype, device)
+    key = (_plan.token(plan, cg), dtype, device)
     if key in _cache:
         return _cache[key]
     spec, _reason = codegen.uvw_spec(plan, cg, per_edge_weights)

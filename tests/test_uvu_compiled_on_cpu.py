@@ -26,6 +26,7 @@ struct Dim { long long x; };
 static const Dim blockIdx{0}, blockDim{1}, gridDim{1};
 static Dim threadIdx{0};
 template <typename V> static void atomicAdd(V* p, V v) { *p += v; }
+template <typename V> static V __ldcs(const V* p) { return *p; }
 extern "C" void set_thread(long long u) { threadIdx.x = u; }
 """
 
