@@ -21,6 +21,8 @@ revision sit at the top of the JSON (rewritten after every row). PNG: grouped ba
 Usage: python scripts/bench_mace.py [--models small,medium,large] [--atoms 1000,4913,19683] [--dtypes float32,float64]
   [--backends e3nn,cueq,oeq,batmobile] [--modes inference,train] [--repeats 10] [--out F.json] [--png F.png|none]
   [--quick]   (CPU smoke test of the same path: 8x0e+8x1o, 27 atoms, float64, e3nn + batmobile, 2 repeats)
+  [--resume]  (keep --out's rows if the same code, device and versions wrote them; measure the rest: the whole
+               grid takes longer than one 10-minute device command, so it runs as several, one run of one code)
 """
 
 import argparse
@@ -330,7 +332,7 @@ def plot(rows, device, path):
     plt.close(fig)
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for flag, choices in (("--models", ARCHS), ("--dtypes", DTYPES), ("--backends", BACKENDS), ("--modes", MODES)):
         p.add_argument(flag, type=lambda s, c=choices: [v for v in s.split(",") if v in c or p.error(f"{v}?")])
@@ -341,7 +343,10 @@ def parse_args():
     p.add_argument("--out", default="bench_mace.json")
     p.add_argument("--png", help="default: --out with .png; 'none' for no plot")
     p.add_argument("--quick", action="store_true", help="CPU smoke test of the same code path")
-    args = p.parse_args()
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of --out measured by the same code (source digest) on the same device and "
+                        "versions, and measure only the missing ones: one run of the grid over several commands")
+    args = p.parse_args(argv)
     quick = dict(models=["quick"], atoms=[27], dtypes=["float64"], backends=["e3nn", "batmobile"],
                  modes=list(MODES), repeats=2, warmup=1, threads=1, device="cpu")
     full = dict(models=["small", "medium", "large"], atoms=[1000, 4913, 19683], dtypes=list(DTYPES),
@@ -377,15 +382,41 @@ def bench_row(row, backend, inference_model, base, batch, ref, device, args):
     return row
 
 
-def main():
-    args = parse_args()
+def row_key(row) -> tuple:
+    return (row["model"], row["atoms"], row["dtype"], row["mode"], row["backend"])
+
+
+def resumed(out: Path, env: dict):
+    """``(rows, invocations)`` of ``out`` when it was written by the same code (source digest), device and versions;
+    else nothing (the file is then rewritten from the start)."""
+    try:
+        previous = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return [], []
+    same = all(previous.get(k) == env[k] for k in ("device", "versions", "source_digest"))
+    if not same:
+        print(f"--resume: {out} comes from other code, device or versions; starting again", flush=True)
+        return [], []
+    return previous.get("rows", []), previous.get("invocations", [previous.get("args")])
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device, out = torch.device(args.device), Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # parity with e3nn
     env, rows = environment(device), []
-    print(f"{env['device']} | {env['versions']} | git {env['git_revision']}", flush=True)
+    invocations = [vars(args)]
+    if args.resume:
+        rows, invocations = resumed(out, env)
+        invocations.append(vars(args))
+    done = {row_key(r) for r in rows}
+    print(f"{env['device']} | {env['versions']} | git {env['git_revision']}"
+          + (f" | resumed with {len(rows)} rows" if rows else ""), flush=True)
     for model_name, dtype_name in itertools.product(args.models, args.dtypes):
+        if all((model_name, n, dtype_name, m, b) in done for n in args.atoms for m in args.modes for b in args.backends):
+            continue  # every row of this model and dtype is in the resumed file
         base = build_model(ARCHS[model_name], DTYPES[dtype_name], device)
         models, notes = {}, {}  # the inference models, built once per architecture and dtype (or why not)
         for backend in args.backends:
@@ -399,11 +430,17 @@ def main():
             except Exception as exc:  # noqa: BLE001  (a conversion that fails is a row, not a crash)
                 models[backend] = f"error building: {short(exc)}"
         for n_atoms in args.atoms:
+            if all((model_name, n_atoms, dtype_name, m, b) in done for m in args.modes for b in args.backends):
+                continue
             batch = build_batch(n_atoms, DTYPES[dtype_name], device)
             edges = int(batch["edge_index"].shape[1])
             for mode in args.modes:
+                if all((model_name, n_atoms, dtype_name, mode, b) in done for b in args.backends):
+                    continue
                 ref = reference(mode, base, batch, device)
                 for backend in args.backends:
+                    if (model_name, n_atoms, dtype_name, mode, backend) in done:
+                        continue
                     row = {"model": model_name, "hidden_irreps": ARCHS[model_name], "atoms": batch.num_nodes,
                            "edges": edges, "neighbours_per_atom": round(edges / batch.num_nodes, 2),
                            "dtype": dtype_name, "mode": mode, "backend": backend, "notes": notes.get(backend, [])}
@@ -419,8 +456,8 @@ def main():
                     print(f"{model_name} {row['atoms']} atoms {dtype_name} {mode} {backend}: {row['status']}; "
                           f"wall {row.get('wall_ms')} ms; kernels {row.get('kernel_ms')} ms "
                           f"x{row.get('kernel_launches')}; peak {row.get('peak_memory_bytes')} B; {errs}", flush=True)
-                    out.write_text(json.dumps({"benchmark": "bench_mace", "args": vars(args), **env, "rows": rows},
-                                              indent=1))
+                    out.write_text(json.dumps({"benchmark": "bench_mace", "args": vars(args), **env,
+                                               "invocations": invocations, "rows": rows}, indent=1))
                 del ref
             del batch
             free(device)

@@ -74,3 +74,38 @@ def test_versions_name_the_first_install_on_the_path(tmp_path, monkeypatch):
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: e3nn\nVersion: {version}\n")
     monkeypatch.setattr(sys, "path", [str(tmp_path / "first"), str(tmp_path / "second")] + sys.path)
     assert bench.environment(bench.torch.device("cpu"))["versions"]["e3nn"] == "9.9.1"
+
+
+def test_resume_measures_only_the_missing_rows(tmp_path):
+    """``--resume``: the grid over several commands (the device's 10-minute limit) as one run of one code: the rows
+    already in --out stay as they were, the missing ones are added, each invocation is recorded."""
+    out = tmp_path / "bench_mace.json"
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
+    base = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--png", "none", "--backends", "e3nn,batmobile"]
+    first = subprocess.run(base + ["--modes", "inference"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    before = json.loads(out.read_text())
+    assert {(r["backend"], r["mode"]) for r in before["rows"]} == {("e3nn", "inference"), ("batmobile", "inference")}
+    second = subprocess.run(base + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed with 2 rows" in second.stdout
+    after = json.loads(out.read_text())
+    assert after["rows"][:2] == before["rows"]  # kept, not measured again
+    assert [(r["backend"], r["mode"], r["status"]) for r in after["rows"][2:]] == [
+        ("e3nn", "train", "ok"), ("batmobile", "train", "ok")]
+    assert [i["modes"] for i in after["invocations"]] == [["inference"], ["inference", "train"]]
+
+
+def test_resume_starts_again_on_other_code(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    env = {"device": "cpu (1 threads)", "versions": {"torch": "x"}, "source_digest": "abc"}
+    out = tmp_path / "bench_mace.json"
+    row = {"model": "quick", "atoms": 27, "dtype": "float64", "mode": "train", "backend": "e3nn"}
+    out.write_text(json.dumps({**env, "args": {"modes": ["train"]}, "rows": [row]}))
+    assert bench.resumed(out, env) == ([row], [{"modes": ["train"]}])
+    for key, other in (("source_digest", "abd"), ("device", "NVIDIA H200"), ("versions", {"torch": "y"})):
+        assert bench.resumed(out, {**env, key: other}) == ([], [])
+    assert bench.resumed(tmp_path / "absent.json", env) == ([], [])
