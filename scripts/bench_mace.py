@@ -456,8 +456,10 @@ def main(argv=None):
                     print(f"{model_name} {row['atoms']} atoms {dtype_name} {mode} {backend}: {row['status']}; "
                           f"wall {row.get('wall_ms')} ms; kernels {row.get('kernel_ms')} ms "
                           f"x{row.get('kernel_launches')}; peak {row.get('peak_memory_bytes')} B; {errs}", flush=True)
-                    out.write_text(json.dumps({"benchmark": "bench_mace", "args": vars(args), **env,
+                    tmp = out.with_name(out.name + ".tmp")  # then renamed: a run killed mid-write keeps its file
+                    tmp.write_text(json.dumps({"benchmark": "bench_mace", "args": vars(args), **env,
                                                "invocations": invocations, "rows": rows}, indent=1))
+                    tmp.replace(out)
                 del ref
             del batch
             free(device)
