@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _build, _element_linear, _sc, _uvu, _uvu_radial_codegen, _uvw, reference
+from . import _backend, _build, _element_linear, _extension, _sc, _uvu, _uvu_radial_codegen, _uvw, reference
 from ._identity import identity
 from .ops import _checks, _plan, _trilinear
 from .ops.conv_radial import radial_weights
@@ -31,7 +31,7 @@ _warned = set()
 
 
 def _ops():
-    return torch.ops.batmobile_cuda
+    return _extension.ops
 
 
 def _fallback(reason: str):

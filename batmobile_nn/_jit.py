@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _build
+from . import _build, _extension
 
 _handles: Dict[Tuple[str, str, int], int] = {}  # (source hash, kernel name, device index) -> kernel handle
 _lock = threading.Lock()
@@ -80,7 +80,7 @@ def kernel(source: str, name: str, device: torch.device) -> int:
                 major, minor = torch.cuda.get_device_capability(index)
                 image = torch.frombuffer(bytearray(_cubin(source, name, f"{major}{minor}")), dtype=torch.uint8)
                 with torch.cuda.device(index):
-                    handle = _handles[key] = int(torch.ops.batmobile_cuda.jit_load(image, name))
+                    handle = _handles[key] = int(_extension.ops.jit_load(image, name))
     return handle
 
 
@@ -91,4 +91,4 @@ def grid_for(n_threads: int, threads: int) -> int:
 
 def launch(handle: int, grid: int, threads: int, tensors: Sequence[Optional[Tensor]], scalars: List[int]) -> None:
     """``kernel<<<grid, threads>>>(*pointers of tensors (null for None), *scalars as int64)``."""
-    torch.ops.batmobile_cuda.jit_launch(handle, grid, threads, list(tensors), scalars)
+    _extension.ops.jit_launch(handle, grid, threads, list(tensors), scalars)

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _backend, _jit, _uvu_codegen, _uvu_dbl_codegen, _uvu_radial_codegen
+from . import _backend, _extension, _jit, _uvu_codegen, _uvu_dbl_codegen, _uvu_radial_codegen
 from .ops import _plan, _trilinear
 
 _cache: Dict[tuple, Optional["UvuKernels"]] = {}
@@ -110,7 +110,7 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
 def forward(k: UvuKernels, in1: Tensor, in2: Tensor, weight: Tensor, order: Optional[Tensor],
             send: Optional[Tensor], row_ptr: Optional[Tensor]) -> Tensor:
     dim1, dim2, dim_out, weight_numel = k.spec.dims
-    return torch.ops.batmobile_cuda.uvu_forward(k.forward, k.spec.threads, in1.contiguous(), in2.contiguous(),
+    return _extension.ops.uvu_forward(k.forward, k.spec.threads, in1.contiguous(), in2.contiguous(),
                                                 weight.contiguous(), order, send, row_ptr, dim1, dim2, dim_out,
                                                 weight_numel, not k.spec.out_covered)
 
@@ -132,7 +132,7 @@ def backward(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: 
              send: Optional[Tensor], row_ptr: Optional[Tensor], needs: List[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     """``(grad_in1 per edge [n_edges, dim1], grad_in2 [n_edges, dim2], grad_weight [n_edges, weight_numel])``."""
     dim1, dim2, dim_out, weight_numel = k.spec.dims
-    g1, g2_part, gw = torch.ops.batmobile_cuda.uvu_backward(
+    g1, g2_part, gw = _extension.ops.uvu_backward(
         k.backward, k.spec.threads, grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(),
         order, send, row_ptr, dim1, dim2, dim_out, weight_numel, list(needs), not k.spec.in1_covered)
     if needs[1]:
