@@ -29,6 +29,9 @@ FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
 # weights (0.765 -> 0.711 ms)
 FORWARD_MIN_BLOCKS = {torch.float32: 5, torch.float64: 3}
 FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: True}
+# the backward's and the fused double backward's resident blocks per multiprocessor asked of ptxas (0: its choice)
+BACKWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
+DOUBLE_BACKWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
 # conv_radial's forward with the per-edge weights made inside the kernel (_uvu_radial_codegen.py) instead of a
 # matrix product before it: off, 2.2x slower on an H200 (3.29 against 1.47 ms at MACE-MP-medium, 170k edges, csrc/
 # README.md run 10); BATMOBILE_NN_RADIAL_IN_KERNEL=1 turns it on
@@ -44,6 +47,7 @@ class UvuKernels:
     backward: int
     ctype: str
     device: torch.device
+    dtype: torch.dtype
     _backward_atomic: Optional[int] = None
     _double_backward: Optional[Dict[tuple, int]] = None
     _radial: Optional[Dict[tuple, int]] = None
@@ -61,7 +65,7 @@ class UvuKernels:
     def backward_atomic(self) -> int:
         """The backward that adds the input-1 gradient at each sender with atomics (compiled on first use)."""
         if self._backward_atomic is None:
-            source = _uvu_codegen.backward_source(self.spec, self.ctype, g1_atomic=True)
+            source = _uvu_codegen.backward_source(self.spec, self.ctype, True, BACKWARD_MIN_BLOCKS[self.dtype])
             self._backward_atomic = _compile(source, "bm_uvu_bwd", self.device)
         return self._backward_atomic
 
@@ -71,7 +75,8 @@ class UvuKernels:
             self._double_backward = {}
         key = (tuple(has), da_atomic)
         if key not in self._double_backward:
-            source = _uvu_dbl_codegen.double_backward_source(self.spec, self.ctype, tuple(has), da_atomic)
+            source = _uvu_dbl_codegen.double_backward_source(self.spec, self.ctype, tuple(has), da_atomic,
+                                                             min_blocks=DOUBLE_BACKWARD_MIN_BLOCKS[self.dtype])
             self._double_backward[key] = _compile(source, "bm_uvu_dbl", self.device)
         return self._double_backward[key]
 
@@ -98,8 +103,9 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
             forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype], FORWARD_MIN_BLOCKS[dtype],
                                                          FORWARD_STREAM_WEIGHTS[dtype])
             kernels = UvuKernels(spec, _compile(forward_source, "bm_uvu_fwd", device),
-                                 _compile(_uvu_codegen.backward_source(spec, ctype), "bm_uvu_bwd", device),
-                                 ctype, device)
+                                 _compile(_uvu_codegen.backward_source(spec, ctype, False, BACKWARD_MIN_BLOCKS[dtype]),
+                                          "bm_uvu_bwd", device),
+                                 ctype, device, dtype)
         except (ImportError, OSError, RuntimeError) as exc:  # no NVRTC, or it refused the source
             warnings.warn(f"batmobile_nn: the per-problem uvu kernels could not be compiled ({exc}); "
                           "using the generic CUDA kernels.", _backend.ReferencePathWarning, stacklevel=3)

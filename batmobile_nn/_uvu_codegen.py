@@ -185,9 +185,8 @@ def forward_source(spec: UvuSpec, ctype: str, unroll: int = 1, min_blocks: int =
                    stream_weights: bool = False) -> str:
     """The forward; ``unroll``: edges per loop iteration, ``min_blocks``: resident blocks per multiprocessor asked
     of ptxas (0: its choice), ``stream_weights``: see ``_edge_loads``."""
-    bounds = f"THREADS, {min_blocks}" if min_blocks else "THREADS"
     lines = _header(spec, ctype) + [
-        f'extern "C" __global__ void __launch_bounds__({bounds}) bm_uvu_fwd(',
+        f'extern "C" __global__ void {launch_bounds(min_blocks)} bm_uvu_fwd(',
         "    const T* __restrict__ x1, const T* __restrict__ x2, const T* __restrict__ w,",
         "    const i64* __restrict__ order, const i64* __restrict__ send, const i64* __restrict__ row_ptr,",
         "    T* __restrict__ out, i64 n_nodes) {"] + forward_head(spec)
@@ -239,15 +238,21 @@ def _reduce_scatter(values: List[str], indent: str) -> Tuple[List[str], int]:
     return lines, shift
 
 
-def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False) -> str:
-    """``g1_atomic``: the input-1 gradient is added with atomics into ``g1 [n_nodes, DIM1]`` at each edge's
+def launch_bounds(min_blocks: int) -> str:
+    """``__launch_bounds__`` of a block of THREADS, with ``min_blocks`` resident per multiprocessor asked of ptxas
+    (0: its choice)."""
+    return f"__launch_bounds__(THREADS, {min_blocks})" if min_blocks else "__launch_bounds__(THREADS)"
+
+
+def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False, min_blocks: int = 0) -> str:
+    """``min_blocks``: see ``launch_bounds``. ``g1_atomic``: the input-1 gradient is added with atomics into ``g1 [n_nodes, DIM1]`` at each edge's
     sender (zeroed by the caller) instead of being written per edge to ``g1_edge [n_edges, DIM1]``, and the
     warps add their harmonics-gradient sums into ``g2 [n_edges, DIM2]`` (zeroed) instead of writing
     ``g2_part [n_edges, WARPS, DIM2]``: no per-edge buffers and no segment sum (the convolution's atomic
     mode), but the summation order, and so the last bits, vary run to run."""
     dim2 = spec.dims[1]
     lines = _header(spec, ctype) + [
-        'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_bwd(',
+        f'extern "C" __global__ void {launch_bounds(min_blocks)} bm_uvu_bwd(',
         "    const T* __restrict__ grad_out, const T* __restrict__ x1, const T* __restrict__ x2,",
         "    const T* __restrict__ w, const i64* __restrict__ order, const i64* __restrict__ send,",
         "    const i64* __restrict__ row_ptr, T* __restrict__ g1_edge, T* __restrict__ g2_part,",

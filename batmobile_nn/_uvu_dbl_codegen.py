@@ -23,7 +23,7 @@ else ``[n_edges, DIM1]`` per edge (for a fixed-order segment sum); ``d_b_part`` 
 from typing import Dict, List, Tuple
 
 from ._uvu_codegen import (_RECEIVER_LOOP_WITH_GRAD_OUT, UvuSpec, _dim2_store, _header, _in1_store, _lit,
-                           _row_store)
+                           _row_store, launch_bounds)
 
 
 def _sum(parts: List[str]) -> str:
@@ -31,8 +31,8 @@ def _sum(parts: List[str]) -> str:
 
 
 def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, bool], da_atomic: bool,
-                           serial: bool = False) -> str:
-    """``serial``: add the harmonics' gradient into ``d_b_part`` lane by lane instead of the warp
+                           serial: bool = False, min_blocks: int = 0) -> str:
+    """``min_blocks``: ``_uvu_codegen.launch_bounds``. ``serial``: add the harmonics' gradient into ``d_b_part`` lane by lane instead of the warp
     reduce-scatter, for running the source as C++ one channel at a time (tests/test_uvu_compiled_on_cpu.py).
     (One kernel: split into a ``d_g`` kernel and a ``d_a, d_b, d_c`` kernel of ~127 registers each, against
     254 in one, MACE-MP-medium measured slower on an H200: csrc/README.md.)"""
@@ -41,7 +41,7 @@ def double_backward_source(spec: UvuSpec, ctype: str, has: Tuple[bool, bool, boo
     in1_segments = sorted({(ins[0], ins[1]) for ins in spec.instructions})
     in2_columns = sorted({ins[2] + j for ins in spec.instructions for j in range(2 * ins[3] + 1)})
     lines = _header(spec, ctype) + [
-        'extern "C" __global__ void __launch_bounds__(THREADS) bm_uvu_dbl(',
+        f'extern "C" __global__ void {launch_bounds(min_blocks)} bm_uvu_dbl(',
         "    const T* __restrict__ grad_out, const T* __restrict__ x1, const T* __restrict__ x2,",
         "    const T* __restrict__ w, const T* __restrict__ ga, const T* __restrict__ gb,",
         "    const T* __restrict__ gc, const i64* __restrict__ order, const i64* __restrict__ send,",
