@@ -15,6 +15,8 @@ class Ops:
         self._namespace = namespace
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # copy and pickle look these up on an instance without _namespace
+            raise AttributeError(name)
         packet = getattr(getattr(torch.ops, self._namespace), name)  # AttributeError while not registered
         function = getattr(getattr(packet, "default", None), "_op", None) or packet
         self.__dict__[name] = function  # cached: __getattr__ runs once per name

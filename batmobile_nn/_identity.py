@@ -22,5 +22,8 @@ def identity(t: torch.Tensor) -> Optional[tuple]:
     # object's pointer and the offset apart (this project's VM)
     if type(t) not in _PLAIN or t.is_meta or t.is_inference():
         return None  # fake, functional and other subclasses (tracing) and meta tensors have no storage to key on
+    pointer = t.data_ptr()
+    if not pointer and t.numel():
+        return None  # functionalization's wrappers (torch.func.functionalize): no memory behind the pointer
     base = t._base
-    return (id(t if base is None else base), t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
+    return (id(t if base is None else base), pointer, t._version, t.shape, t.stride(), t.dtype, t.device)

@@ -28,6 +28,9 @@ FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
 # csrc/README.md run 10): float32 5 blocks (0.460 -> 0.344 ms the kernel), float64 3 blocks and evict-first
 # weights (0.765 -> 0.711 ms)
 FORWARD_MIN_BLOCKS = {torch.float32: 5, torch.float64: 3}
+# ... for problems of at most this many outputs per thread (MACE-MP-medium's 40; MACE-MP-large's 71 would spill
+# under the cap: ptxas, float32, 568 bytes): above it ptxas chooses
+FORWARD_MIN_BLOCKS_MAX_OUTPUTS = 40
 FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: True}
 # the backward's and the fused double backward's resident blocks per multiprocessor asked of ptxas (0: its choice)
 BACKWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
@@ -81,6 +84,13 @@ class UvuKernels:
         return self._double_backward[key]
 
 
+def forward_min_blocks(spec: _uvu_codegen.UvuSpec, dtype: torch.dtype) -> int:
+    """``FORWARD_MIN_BLOCKS`` for problems whose thread keeps at most ``FORWARD_MIN_BLOCKS_MAX_OUTPUTS`` outputs, else
+    0 (ptxas' choice). The tuning dicts are read when a problem is compiled: after changing them, ``_cache.clear()``."""
+    outputs = sum(2 * ins[5] + 1 for ins in spec.instructions)  # the accumulators acc_<n>_<k>
+    return FORWARD_MIN_BLOCKS[dtype] if outputs <= FORWARD_MIN_BLOCKS_MAX_OUTPUTS else 0
+
+
 def _compile(source: str, name: str, device: torch.device) -> int:
     return _jit.kernel(source, name, device)
 
@@ -100,8 +110,8 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
     if spec is not None:
         ctype = "float" if dtype == torch.float32 else "double"
         try:
-            forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype], FORWARD_MIN_BLOCKS[dtype],
-                                                         FORWARD_STREAM_WEIGHTS[dtype])
+            forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype],
+                                                         forward_min_blocks(spec, dtype), FORWARD_STREAM_WEIGHTS[dtype])
             kernels = UvuKernels(spec, _compile(forward_source, "bm_uvu_fwd", device),
                                  _compile(_uvu_codegen.backward_source(spec, ctype, False, BACKWARD_MIN_BLOCKS[dtype]),
                                           "bm_uvu_bwd", device),

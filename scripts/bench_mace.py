@@ -393,9 +393,13 @@ def resumed(out: Path, env: dict):
         previous = json.loads(out.read_text())
     except (OSError, ValueError):
         return [], []
+    if not isinstance(previous, dict):
+        return [], []
     same = all(previous.get(k) == env[k] for k in ("device", "versions", "source_digest"))
-    if not same:
-        print(f"--resume: {out} comes from other code, device or versions; starting again", flush=True)
+    if not same:  # its rows are kept aside, not overwritten by the first new row
+        kept = out.with_name(out.stem + ".prev" + out.suffix)
+        out.replace(kept)
+        print(f"--resume: {out} comes from other code, device or versions; moved to {kept}, starting again", flush=True)
         return [], []
     return previous.get("rows", []), previous.get("invocations", [previous.get("args")])
 

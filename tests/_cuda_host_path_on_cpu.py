@@ -13,8 +13,6 @@ import torch
 import batmobile_nn  # noqa: F401
 from batmobile_nn import _backend, _build, _cuda, _jit
 
-calls = Counter()
-library = torch.library.Library("batmobile_cuda", "DEF")
 STUBS = {
     "cg_pattern(int l1, int l2, int l_out) -> Tensor": None,
     "cg_max_l() -> int[]": lambda: [8, 8],
@@ -37,6 +35,7 @@ STUBS = {
         a.new_zeros(b.shape[0], d1), a.new_zeros(b.shape[0], 4, d2), torch.zeros_like(w)),
     "jit_launch(int kernel, int grid, int threads, Tensor?[] tensors, int[] scalars) -> ()": lambda *a: None,
 }
+calls = Counter()
 
 
 def counted(name, fn):
@@ -46,25 +45,31 @@ def counted(name, fn):
     return run
 
 
-for schema, fn in STUBS.items():
-    name = schema.split("(")[0]
-    library.define(schema)
-    if fn is not None:
-        library.impl(name, counted(name, fn), "CompositeExplicitAutograd")
-_build.load = lambda device=None: None  # no extension to build: the stubs are the ops
-_jit.kernel = lambda source, name, device: 1  # no NVRTC: a handle
-torch.cuda.current_device = lambda: 0
-torch.cuda.get_device_properties = lambda d: type("Properties", (), {"multi_processor_count": 132,
-                                                                     "shared_memory_per_block_optin": 227 * 1024})()
-_cuda.load(torch.device("cpu"))
-kernels = _backend.KERNELS["cuda"]
-_backend.implementation = lambda name, device: kernels.get(name) or getattr(_backend.reference, name)
+def main(scripts: str):
+    library = torch.library.Library("batmobile_cuda", "DEF")
+    for schema, fn in STUBS.items():
+        name = schema.split("(")[0]
+        library.define(schema)
+        if fn is not None:
+            library.impl(name, counted(name, fn), "CompositeExplicitAutograd")
+    _build.load = lambda device=None: None  # no extension to build: the stubs are the ops
+    _jit.kernel = lambda source, name, device: 1  # no NVRTC: a handle
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.get_device_properties = lambda d: type("Properties", (), {
+        "multi_processor_count": 132, "shared_memory_per_block_optin": 227 * 1024})()
+    _cuda.load(torch.device("cpu"))
+    kernels = _backend.KERNELS["cuda"]
+    _backend.implementation = lambda name, device: kernels.get(name) or getattr(_backend.reference, name)
 
-sys.path.insert(0, sys.argv[1])  # scripts/
-import bench_mace  # noqa: E402
+    sys.path.insert(0, scripts)
+    import bench_mace
 
-model = bench_mace.make_backend("batmobile", bench_mace.build_model(bench_mace.ARCHS["medium"], torch.float32,
-                                                                      torch.device("cpu")), torch.device("cpu"))
-data = bench_mace.build_batch(27, torch.float32, torch.device("cpu")).to_dict()
-bench_mace.train_loss(model, data, 27).backward()
-print(json.dumps(dict(calls)))
+    model = bench_mace.make_backend("batmobile", bench_mace.build_model(bench_mace.ARCHS["medium"], torch.float32,
+                                                                          torch.device("cpu")), torch.device("cpu"))
+    data = bench_mace.build_batch(27, torch.float32, torch.device("cpu")).to_dict()
+    bench_mace.train_loss(model, data, 27).backward()
+    print(json.dumps(dict(calls)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

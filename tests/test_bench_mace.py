@@ -105,7 +105,11 @@ def test_resume_starts_again_on_other_code(tmp_path):
     out = tmp_path / "bench_mace.json"
     row = {"model": "quick", "atoms": 27, "dtype": "float64", "mode": "train", "backend": "e3nn"}
     out.write_text(json.dumps({**env, "args": {"modes": ["train"]}, "rows": [row]}))
+    written = json.dumps({**env, "args": {"modes": ["train"]}, "rows": [row]})
     assert bench.resumed(out, env) == ([row], [{"modes": ["train"]}])
     for key, other in (("source_digest", "abd"), ("device", "NVIDIA H200"), ("versions", {"torch": "y"})):
+        out.write_text(written)
         assert bench.resumed(out, {**env, key: other}) == ([], [])
+        # the other run's rows are moved aside, not lost to the first row of the new one
+        assert not out.exists() and (tmp_path / "bench_mace.prev.json").read_text() == written
     assert bench.resumed(tmp_path / "absent.json", env) == ([], [])

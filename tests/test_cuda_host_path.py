@@ -28,3 +28,18 @@ def test_a_training_step_runs_through_the_cuda_host_path():
     # backward (double backward: the fused convolution kernel and the contraction's, launched through jit_launch)
     for op in ("sh_forward", "sh_backward", "sh_double_backward", "uvu_forward", "uvu_backward", "jit_launch"):
         assert calls.get(op, 0) > 0, (op, calls)
+
+
+def test_the_stubs_have_the_extensions_schemas():
+    """The stubs' schemas are the ones csrc/ registers (a changed schema must change the stub, or this fails)."""
+    import re
+
+    import _cuda_host_path_on_cpu as stubbed
+
+    text = "\n".join(path.read_text() for path in sorted((ROOT / "csrc").glob("*.c*")))
+    registered = {}
+    for match in re.finditer(r'm\.def\(((?:\s*"[^"]*")+)', text):  # adjacent C++ string literals concatenate
+        schema = "".join(re.findall(r'"([^"]*)"', match.group(1)))
+        registered[schema.split("(")[0]] = schema
+    for schema in stubbed.STUBS:
+        assert registered.get(schema.split("(")[0]) == schema

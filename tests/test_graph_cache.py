@@ -56,3 +56,20 @@ def test_int32_senders_are_sorted_once():
     assert _cuda._sender_graph(sender32, 3, None) is first
     wide = _cuda._sender_graph(sender32.long(), 3, None)
     assert torch.equal(first[0], wide[0]) and torch.equal(first[1], wide[1]) and first[1].dtype == torch.int64
+
+
+def test_functionalized_tensors_are_not_keyed():
+    """torch.func.functionalize wraps tensors whose data pointer is 0 (no memory behind it): no key, so no cache
+    entry can outlive an in-place change the wrapper does not show."""
+    from batmobile_nn._identity import identity
+
+    seen = []
+
+    def f(t):
+        seen.append(identity(t))
+        return t + 1
+
+    torch.func.functionalize(f)(torch.arange(4))
+    assert seen == [None]
+    assert identity(torch.arange(4)) is not None
+

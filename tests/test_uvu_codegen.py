@@ -110,3 +110,25 @@ def test_coverage_is_computed_once_per_spec(monkeypatch):
     monkeypatch.setattr(_uvu_codegen, "_covers", lambda *args: calls.append(args) or original(*args))
     assert [spec.out_covered for _ in range(3)] == [True] * 3 and [spec.in1_covered for _ in range(3)] == [True] * 3
     assert len(calls) == 2
+
+
+def test_launch_bounds_and_the_forwards_resident_blocks():
+    """The tuning reaches the source: ``__launch_bounds__(THREADS, n)`` with a cap, ptxas' choice without; the
+    forward's cap only for problems of at most FORWARD_MIN_BLOCKS_MAX_OUTPUTS outputs a thread (MACE-MP-large's 71
+    spill under it)."""
+    from batmobile_nn import _uvu, _uvu_dbl_codegen
+
+    assert _uvu_codegen.launch_bounds(0) == "__launch_bounds__(THREADS)"
+    assert _uvu_codegen.launch_bounds(5) == "__launch_bounds__(THREADS, 5)"
+    medium, large = (p.plan() for p in (MACE_PROBLEMS[1], MACE_PROBLEMS[2]))
+    spec_medium, _ = _uvu_codegen.uvu_spec(medium.plan_list, medium.cg_list, True)
+    spec_large, _ = _uvu_codegen.uvu_spec(large.plan_list, large.cg_list, True)
+    assert _uvu.forward_min_blocks(spec_medium, torch.float32) == _uvu.FORWARD_MIN_BLOCKS[torch.float32] > 0
+    assert _uvu.forward_min_blocks(spec_large, torch.float32) == 0
+    source = _uvu_codegen.forward_source(spec_medium, "float", 2, 5, True)
+    assert "__launch_bounds__(THREADS, 5) bm_uvu_fwd" in source and "__ldcs(we + " in source
+    assert "__ldcs" not in _uvu_codegen.forward_source(spec_medium, "float", 2, 5, False)
+    assert "__launch_bounds__(THREADS, 3) bm_uvu_bwd" in _uvu_codegen.backward_source(spec_medium, "float", False, 3)
+    dbl = _uvu_dbl_codegen.double_backward_source(spec_medium, "float", (True, True, True), True, min_blocks=4)
+    assert "__launch_bounds__(THREADS, 4) bm_uvu_dbl" in dbl
+

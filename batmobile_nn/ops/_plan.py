@@ -10,6 +10,7 @@ Only ints and floats cross the op boundary (TorchScript, torch.compile and expor
 and multiplied by the path's normalization weight.
 """
 
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
@@ -163,6 +164,7 @@ def dims(plan: Sequence[int]) -> Tuple[int, int, int, int]:
 # remember its hash); the token is remembered per pair of list objects and checked against a copy of their
 # contents (a list changed in place gets the token of its new contents).
 _tokens: "dict[tuple, int]" = {}
+_next_token = itertools.count()  # next() and dict.setdefault are atomic: threads never share a token
 _by_object: "dict[Tuple[int, int], tuple]" = {}
 MAX_REMEMBERED = 64  # list pairs remembered; TorchScript passes new lists on every call
 
@@ -173,9 +175,12 @@ def token(plan: List[int], cg: List[float]) -> int:
     if entry is not None and entry[0] is plan and entry[1] is cg and entry[2] == plan and entry[3] == cg:
         return entry[4]
     contents = (tuple(plan), tuple(cg))
-    found = _tokens.setdefault(contents, len(_tokens))
+    found = _tokens.get(contents)
+    if found is None:
+        found = _tokens.setdefault(contents, next(_next_token))  # a racing thread's token wins for both
     if len(_by_object) >= MAX_REMEMBERED:
         _by_object.clear()
-    _by_object[(id(plan), id(cg))] = (plan, cg, list(plan), list(cg), found)  # holds the lists: their ids stay theirs
+    # holds the sequences (their ids stay theirs) and copies of the same type to compare with
+    _by_object[(id(plan), id(cg))] = (plan, cg, plan[:], cg[:], found)
     return found
 
