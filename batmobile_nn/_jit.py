@@ -42,11 +42,12 @@ def _nvrtc_version() -> str:
 EXTRA_OPTIONS = os.environ.get("BATMOBILE_NN_NVRTC_OPTIONS", "").split()
 
 
-def _cubin(source: str, name: str, arch: str) -> bytes:
-    """The compiled cubin of ``source`` for ``arch`` ("90"), from the disk cache when it is there."""
+def _cubin(source: str, name: str, arch: str, options: Sequence[str] = ()) -> bytes:
+    """The compiled cubin of ``source`` for ``arch`` ("90") with NVRTC ``options`` (besides ``EXTRA_OPTIONS``), from
+    the disk cache when it is there."""
     from torch.cuda._utils import _nvrtc_compile  # private torch API: the caller guards ImportError
 
-    options = ["-std=c++17"] + EXTRA_OPTIONS
+    options = ["-std=c++17"] + EXTRA_OPTIONS + list(options)
     key = f"{arch}\0{_nvrtc_version()}\0{name}\0{' '.join(options)}\0{source}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     path = _build.cache_root() / "jit" / f"{digest}.cubin"
@@ -67,10 +68,11 @@ def _cubin(source: str, name: str, arch: str) -> bytes:
     return cubin
 
 
-def kernel(source: str, name: str, device: torch.device) -> int:
-    """The handle of kernel ``name`` of ``source`` on ``device``, compiled (or loaded) on the first call."""
+def kernel(source: str, name: str, device: torch.device, options: Sequence[str] = ()) -> int:
+    """The handle of kernel ``name`` of ``source`` on ``device`` (compiled with NVRTC ``options``), compiled (or
+    loaded) on the first call."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (hashlib.sha256(source.encode()).hexdigest(), name, index)
+    key = (hashlib.sha256(source.encode()).hexdigest(), name, index, tuple(options))
     handle = _handles.get(key)
     if handle is None:
         with _lock:
@@ -78,7 +80,8 @@ def kernel(source: str, name: str, device: torch.device) -> int:
             if handle is None:
                 _build.load(device)  # jit_load lives in the extension (a no-op once it is loaded)
                 major, minor = torch.cuda.get_device_capability(index)
-                image = torch.frombuffer(bytearray(_cubin(source, name, f"{major}{minor}")), dtype=torch.uint8)
+                image = torch.frombuffer(bytearray(_cubin(source, name, f"{major}{minor}", options)),
+                                         dtype=torch.uint8)
                 with torch.cuda.device(index):
                     handle = _handles[key] = int(_extension.ops.jit_load(image, name))
     return handle

@@ -29,8 +29,12 @@ enabled = os.environ.get("BATMOBILE_NN_SC", "1") != "0"
 # oracle. Compiled with NVRTC's --device-debug (no device optimization) the same kernels are right; with
 # --fmad=false, --maxrregcount=128 or --ptxas-options=-O1 other derivatives go wrong (csrc/README.md): an
 # optimizer bug on these long float64 kernels, or undefined behaviour in the source that only optimized
-# code exposes. Until that is understood, the larger float64 problems do not use the kernels.
+# code exposes. Until that is understood, the larger float64 problems do not use the kernels, unless NVRTC options
+# under which they are right are given: F64_LARGE_NVRTC_OPTIONS (BATMOBILE_NN_SC_F64_LARGE_OPTIONS, e.g.
+# "--device-debug"), which their kernels then compile with (and only theirs).
 F64_MAX_TERMS = 2000
+F64_LARGE_NVRTC_OPTIONS: Optional[Tuple[str, ...]] = tuple(
+    os.environ.get("BATMOBILE_NN_SC_F64_LARGE_OPTIONS", "").split()) or None
 MAX_PROBLEMS = 32  # problems remembered (each keeps its u tensors alive)
 THREADS = _sc_codegen.THREADS
 
@@ -40,12 +44,13 @@ class ScKernels:
     spec: _sc_codegen.ScSpec
     sources: Dict[str, List[str]]  # kernel name -> its parts' sources (_sc_codegen.parts); compiled on first launch
     loaded: Dict[tuple, List[int]] = field(default_factory=dict)  # (name, device) -> handles
+    options: Tuple[str, ...] = ()  # NVRTC options of this problem's kernels
 
     def handles(self, name: str, device: torch.device) -> List[int]:
         # kept here: _jit.kernel hashes the source (100 KB and more) to find it, too slow for every launch
         key = (name, device)
         if key not in self.loaded:
-            self.loaded[key] = [_jit.kernel(source, name, device) for source in self.sources[name]]
+            self.loaded[key] = [_jit.kernel(source, name, device, self.options) for source in self.sources[name]]
         return self.loaded[key]
 
     def handle(self, name: str, device: torch.device) -> int:
@@ -73,7 +78,8 @@ def kernels_for(x: Tensor, u: List[Tensor], correlations: List[int]) -> Optional
     with _lock:
         spec = _sc_codegen.sc_spec(u, correlations, mul, dim)
         n_terms = sum(len(ts) for _, _, ts in spec.terms)
-        if x.dtype == torch.float64 and n_terms > F64_MAX_TERMS:
+        large_f64 = x.dtype == torch.float64 and n_terms > F64_MAX_TERMS
+        if large_f64 and F64_LARGE_NVRTC_OPTIONS is None:
             _problems[key] = (list(u), None)
             warnings.warn(f"batmobile_nn: a float64 symmetric contraction with {n_terms} terms (more than "
                           f"{F64_MAX_TERMS}) runs on the pure-PyTorch reference path (see _sc.F64_MAX_TERMS).",
@@ -87,8 +93,10 @@ def kernels_for(x: Tensor, u: List[Tensor], correlations: List[int]) -> Optional
         sources.update({"bm_sc_wgrad": [_sc_codegen.weight_grad_source(spec, ctype, along=False)],
                         "bm_sc_wgrad_dir": [_sc_codegen.weight_grad_source(spec, ctype, along=True)],
                         "bm_sc_chunk_sum": [_sc_codegen.chunk_sum_source(ctype)]})
-        signature = hashlib.sha256("\0".join("\0".join(parts) for parts in sources.values()).encode()).hexdigest()
-        kernels = _by_source.setdefault(signature, ScKernels(spec, sources))
+        options = F64_LARGE_NVRTC_OPTIONS if large_f64 else ()
+        signature = hashlib.sha256("\0".join(["\0".join(parts) for parts in sources.values()] + list(options)).encode()
+                                   ).hexdigest()
+        kernels = _by_source.setdefault(signature, ScKernels(spec, sources, options=options))
         _problems[key] = (list(u), kernels)
         while len(_problems) > MAX_PROBLEMS:
             _problems.popitem(last=False)

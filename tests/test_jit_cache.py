@@ -30,3 +30,19 @@ def test_grid_is_capped():
     assert _jit.grid_for(1, 128) == 1 and _jit.grid_for(0, 128) == 1
     assert _jit.grid_for(129, 128) == 2
     assert _jit.grid_for(10**15, 128) == _jit.MAX_GRID
+
+
+def test_options_are_passed_and_part_of_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATMOBILE_NN_CACHE", str(tmp_path))
+    passed = []
+
+    def fake_compile(source, name, arch, nvcc_options=None):
+        passed.append(list(nvcc_options))
+        return f"{name} {nvcc_options}".encode(), name
+
+    monkeypatch.setattr(torch.cuda._utils, "_nvrtc_compile", fake_compile)
+    plain = _jit._cubin("source", "kernel", "90")
+    debug = _jit._cubin("source", "kernel", "90", ("--device-debug",))
+    assert plain != debug and passed[1][-1] == "--device-debug" and "--device-debug" not in passed[0]
+    assert _jit._cubin("source", "kernel", "90", ("--device-debug",)) == debug and len(passed) == 2  # cached
+

@@ -134,3 +134,23 @@ def test_large_float64_problems_take_the_reference_path():
     assert _sc.kernels_for(x.float(), [t.float() for t in u], large.correlations) is not None
     x, _, _, u = medium.inputs(torch.float64)
     assert _sc.kernels_for(x, u, medium.correlations) is not None
+
+
+def test_large_float64_problems_compile_with_the_options_given(monkeypatch):
+    """With ``F64_LARGE_NVRTC_OPTIONS`` set, MACE-MP-large's float64 problem takes its kernels, compiled with those
+    options (and only its kernels: float32 and MACE-MP-medium's keep none)."""
+    large, medium = CASES[0], CASES[1]
+    if not isinstance(large, Case):
+        pytest.skip("needs mace-torch for real U tensors")
+    monkeypatch.setattr(_sc, "F64_LARGE_NVRTC_OPTIONS", ("--device-debug",))
+    monkeypatch.setattr(_sc, "_problems", type(_sc._problems)())
+    x, _, _, u = large.inputs(torch.float64)
+    kernels = _sc.kernels_for(x, u, large.correlations)
+    assert kernels is not None and kernels.options == ("--device-debug",)
+    compiled = []
+    monkeypatch.setattr(_sc._jit, "kernel", lambda source, name, device, options=(): compiled.append(options) or 1)
+    assert kernels.handles("bm_sc_bwd", torch.device("cpu")) and set(compiled) == {("--device-debug",)}
+    assert _sc.kernels_for(x.float(), [t.float() for t in u], large.correlations).options == ()
+    x, _, _, u = medium.inputs(torch.float64)
+    assert _sc.kernels_for(x, u, medium.correlations).options == ()
+
