@@ -53,7 +53,7 @@ def main(scripts: str):
         if fn is not None:
             library.impl(name, counted(name, fn), "CompositeExplicitAutograd")
     _build.load = lambda device=None: None  # no extension to build: the stubs are the ops
-    _jit.kernel = lambda source, name, device: 1  # no NVRTC: a handle
+    _jit.kernel = lambda source, name, device, options=(): 1  # no NVRTC: a handle
     torch.cuda.current_device = lambda: 0
     torch.cuda.get_device_properties = lambda d: type("Properties", (), {
         "multi_processor_count": 132, "shared_memory_per_block_optin": 227 * 1024})()
