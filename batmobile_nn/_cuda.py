@@ -22,7 +22,7 @@ from torch import Tensor
 from . import _backend, _build, _element_linear, _extension, _sc, _uvu, _uvu_radial_codegen, _uvw, reference
 from ._identity import identity
 from .ops import _checks, _plan, _trilinear
-from .ops.conv_radial import radial_weights
+from .reference.conv import radial_weights
 
 FIELDS = 12  # csrc/include/batmobile/tp_paths.cuh: struct Instr
 MAX_THREADS = 256

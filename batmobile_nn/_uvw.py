@@ -18,6 +18,7 @@ from . import _backend, _jit, _uvw_bwd_codegen, _uvw_codegen as codegen
 from .ops import _plan
 
 _cache: Dict[tuple, Optional["UvwKernels"]] = {}
+_MISSING = object()
 enabled = os.environ.get("BATMOBILE_NN_UVW", "1") != "0"
 BLOCKS_PER_SM = 4  # weight gradient: (path, slice) blocks per multiprocessor to aim for
 
@@ -67,8 +68,9 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
     if device.index is None:
         device = torch.device(device.type, torch.cuda.current_device())
     key = (_plan.token(plan, cg), dtype, device)
-    if key in _cache:
-        return _cache[key]
+    found = _cache.get(key, _MISSING)  # one lookup: this runs on every launch
+    if found is not _MISSING:
+        return found
     spec, _reason = codegen.uvw_spec(plan, cg, per_edge_weights)
     ctype = "float" if dtype == torch.float32 else "double"
     kernels = None

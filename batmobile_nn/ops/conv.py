@@ -26,10 +26,11 @@ def _check(node_feats, edge_attrs, weight, sender, receiver, sender_perm, plan, 
         _checks.sender_perm(OP, sender_perm, edge_attrs.shape[0], node_feats.device)
 
 
-def _check_data(node_feats, sender, receiver, deterministic):
-    _checks.index_ranges(OP, node_feats.shape[0], sender=sender, receiver=receiver)
+def _check_data(node_feats, sender, receiver, deterministic, op: str = OP):
+    """The checks that read the indices (each tensor once, remembered: ``_checks``); also conv_radial's."""
+    _checks.index_ranges(op, node_feats.shape[0], sender=sender, receiver=receiver)
     if deterministic:
-        _checks.sorted_receivers(OP, receiver)
+        _checks.sorted_receivers(op, receiver)
 
 
 def _conv(node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,

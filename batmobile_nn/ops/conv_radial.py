@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from ..reference.conv import radial_weights
 from . import _checks, _eager, _plan
-from .conv import conv_backward
+from .conv import _check_data, conv_backward
 
 OP = "conv_radial"
 
@@ -46,21 +47,13 @@ def _check(node_feats, edge_attrs, radial_hidden, radial_weight, sender, receive
         _checks.sender_perm(OP, sender_perm, n_edges, node_feats.device)
 
 
-def radial_weights(radial_hidden: Tensor, radial_weight: Tensor, alpha: float) -> Tensor:
-    """``alpha * radial_hidden @ radial_weight``: ``[n_edges, weight_numel]``, one kernel (also ``_cuda``'s)."""
-    empty = radial_hidden.new_empty(())  # addmm's first argument, not read (beta = 0)
-    return torch.addmm(empty, radial_hidden, radial_weight, beta=0, alpha=alpha)
-
-
 def _conv_radial(node_feats: Tensor, edge_attrs: Tensor, radial_hidden: Tensor, radial_weight: Tensor, alpha: float,
                  sender: Tensor, receiver: Tensor, sender_perm: Optional[Tensor], plan: List[int], cg: List[float],
                  deterministic: bool) -> Tensor:
     """``node_feats [n_nodes, dim_in1]``, ``edge_attrs [n_edges, dim_in2]``, ``radial_hidden [n_edges, hidden]``,
     ``radial_weight [hidden, weight_numel]``, ``sender``/``receiver [n_edges]`` -> ``[n_nodes, dim_out]``."""
     _check(node_feats, edge_attrs, radial_hidden, radial_weight, sender, receiver, sender_perm, plan, cg)
-    _checks.index_ranges(OP, node_feats.shape[0], sender=sender, receiver=receiver)
-    if deterministic:
-        _checks.sorted_receivers(OP, receiver)
+    _check_data(node_feats, sender, receiver, deterministic, OP)
     impl = _backend.implementation(OP, node_feats.device)
     if impl is getattr(_backend.reference, OP):
         return impl(node_feats, edge_attrs, radial_hidden, radial_weight, alpha, sender, receiver, plan, cg)

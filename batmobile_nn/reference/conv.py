@@ -20,12 +20,18 @@ def conv(node_feats: torch.Tensor, edge_attrs: torch.Tensor, weight: torch.Tenso
     return out.index_add_(0, receiver.long(), messages)
 
 
+def radial_weights(radial_hidden: torch.Tensor, radial_weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha * radial_hidden @ radial_weight``: ``[n_edges, weight_numel]``, one kernel (also the op's backward and
+    the CUDA path's)."""
+    empty = radial_hidden.new_empty(())  # addmm's first argument, not read (beta = 0)
+    return torch.addmm(empty, radial_hidden, radial_weight, beta=0, alpha=alpha)
+
+
 def conv_radial(node_feats: torch.Tensor, edge_attrs: torch.Tensor, radial_hidden: torch.Tensor,
                 radial_weight: torch.Tensor, alpha: float, sender: torch.Tensor, receiver: torch.Tensor,
                 plan: List[int], cg: List[float]) -> torch.Tensor:
     """``conv`` with ``alpha * radial_hidden @ radial_weight`` as its per-edge weights (``ops/conv_radial.py``)."""
-    weight = torch.addmm(radial_hidden.new_empty(()), radial_hidden, radial_weight, beta=0,
-                         alpha=alpha)  # [n_edges, weight_numel]
+    weight = radial_weights(radial_hidden, radial_weight, alpha)  # [n_edges, weight_numel]
     return conv(node_feats, edge_attrs, weight, sender, receiver, plan, cg)
 
 
