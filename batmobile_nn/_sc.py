@@ -22,19 +22,20 @@ from torch import Tensor
 from . import _backend, _jit, _sc_codegen, reference
 
 enabled = os.environ.get("BATMOBILE_NN_SC", "1") != "0"
-# Float64 problems above this many terms run on the reference path. On an H200 (CUDA 13.0) the float64
-# kernels of a MACE-MP-large-shaped problem (0e+1o+2e out, correlation 3: 5,911 terms) gave wrong first or
-# second derivatives (depending on how the source was cut into parts) with compute-sanitizer memcheck
-# clean, while the same source in float32, and float64 up to MACE-MP-medium's 1,909 terms, matched the
-# oracle. Compiled with NVRTC's --device-debug (no device optimization) the same kernels are right; with
-# --fmad=false, --maxrregcount=128 or --ptxas-options=-O1 other derivatives go wrong (csrc/README.md): an
-# optimizer bug on these long float64 kernels, or undefined behaviour in the source that only optimized
-# code exposes. Until that is understood, the larger float64 problems do not use the kernels, unless NVRTC options
-# under which they are right are given: F64_LARGE_NVRTC_OPTIONS (BATMOBILE_NN_SC_F64_LARGE_OPTIONS, e.g.
-# "--device-debug"), which their kernels then compile with (and only theirs).
+# Float64 problems above this many terms compile their kernels with F64_LARGE_NVRTC_OPTIONS. On an H200 (CUDA
+# 13.0) the float64 kernels of a MACE-MP-large-shaped problem (0e+1o+2e out, correlation 3: 5,911 terms) compiled
+# with ptxas' default optimization gave wrong first or second derivatives (depending on how the source was cut into
+# parts) with compute-sanitizer memcheck clean, while the same source in float32, and float64 up to MACE-MP-medium's
+# 1,909 terms, matched the oracle. --fmad=false, --maxrregcount=128 and --ptxas-options=-O1 left other derivatives
+# wrong; --device-debug and --ptxas-options=-O0 make them right (csrc/README.md run 11: ptxas -O0 runs this
+# problem's forward in 3.8 ms and its force-loss training step in 67 ms at 4,913 nodes, against 122 and 1,127 ms on
+# the reference path). Unexplained: an optimizer bug on these long float64 kernels, or undefined behaviour in the
+# source that only optimized code exposes. BATMOBILE_NN_SC_F64_LARGE_OPTIONS replaces the options ("reference":
+# these problems take the pure-PyTorch reference path instead).
 F64_MAX_TERMS = 2000
-F64_LARGE_NVRTC_OPTIONS: Optional[Tuple[str, ...]] = tuple(
-    os.environ.get("BATMOBILE_NN_SC_F64_LARGE_OPTIONS", "").split()) or None
+_F64_LARGE = os.environ.get("BATMOBILE_NN_SC_F64_LARGE_OPTIONS", "--ptxas-options=-O0")
+F64_LARGE_NVRTC_OPTIONS: Optional[Tuple[str, ...]] = None if _F64_LARGE.strip() == "reference" else tuple(
+    _F64_LARGE.split())
 MAX_PROBLEMS = 32  # problems remembered (each keeps its u tensors alive)
 THREADS = _sc_codegen.THREADS
 
@@ -82,7 +83,8 @@ def kernels_for(x: Tensor, u: List[Tensor], correlations: List[int]) -> Optional
         if large_f64 and F64_LARGE_NVRTC_OPTIONS is None:
             _problems[key] = (list(u), None)
             warnings.warn(f"batmobile_nn: a float64 symmetric contraction with {n_terms} terms (more than "
-                          f"{F64_MAX_TERMS}) runs on the pure-PyTorch reference path (see _sc.F64_MAX_TERMS).",
+                          f"{F64_MAX_TERMS}) runs on the pure-PyTorch reference path (BATMOBILE_NN_SC_F64_LARGE_OPTIONS"
+                          "=reference; see _sc.F64_MAX_TERMS).",
                           _backend.ReferencePathWarning, stacklevel=4)
             return None
         ctype = "float" if x.dtype == torch.float32 else "double"

@@ -32,9 +32,16 @@ FORWARD_MIN_BLOCKS = {torch.float32: 5, torch.float64: 3}
 # under the cap: ptxas, float32, 568 bytes): above it ptxas chooses
 FORWARD_MIN_BLOCKS_MAX_OUTPUTS = 40
 FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: True}
-# the backward's and the fused double backward's resident blocks per multiprocessor asked of ptxas (0: its choice)
-BACKWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
-DOUBLE_BACKWARD_MIN_BLOCKS = {torch.float32: 0, torch.float64: 0}
+# the backward's and the fused double backward's resident blocks per multiprocessor asked of ptxas (0: its choice),
+# by dtype and whether the input-1 gradient is added with atomics (the atomic mode) or per edge (deterministic).
+# Swept on an H200 (MACE-MP-medium, 170k edges, csrc/README.md run 11; each variant bitwise equal to ptxas' choice):
+# float64 deterministic backward 4 blocks (forward + backward 3.10 -> 2.81 ms, though ptxas spills 248 bytes),
+# float32 atomic double backward 3 (forward + backward + double backward 5.82 -> 5.40 ms); elsewhere no variant won
+# (float64's double backward under 3 blocks: 13.2 -> 18.2 ms)
+BACKWARD_MIN_BLOCKS = {(torch.float32, False): 0, (torch.float32, True): 0,
+                       (torch.float64, False): 4, (torch.float64, True): 0}
+DOUBLE_BACKWARD_MIN_BLOCKS = {(torch.float32, False): 0, (torch.float32, True): 3,
+                              (torch.float64, False): 0, (torch.float64, True): 0}
 # conv_radial's forward with the per-edge weights made inside the kernel (_uvu_radial_codegen.py) instead of a
 # matrix product before it: off, 2.2x slower on an H200 (3.29 against 1.47 ms at MACE-MP-medium, 170k edges, csrc/
 # README.md run 10); BATMOBILE_NN_RADIAL_IN_KERNEL=1 turns it on
@@ -68,7 +75,8 @@ class UvuKernels:
     def backward_atomic(self) -> int:
         """The backward that adds the input-1 gradient at each sender with atomics (compiled on first use)."""
         if self._backward_atomic is None:
-            source = _uvu_codegen.backward_source(self.spec, self.ctype, True, BACKWARD_MIN_BLOCKS[self.dtype])
+            source = _uvu_codegen.backward_source(self.spec, self.ctype, True,
+                                                  min_blocks(self.spec, BACKWARD_MIN_BLOCKS[(self.dtype, True)]))
             self._backward_atomic = _compile(source, "bm_uvu_bwd", self.device)
         return self._backward_atomic
 
@@ -78,17 +86,23 @@ class UvuKernels:
             self._double_backward = {}
         key = (tuple(has), da_atomic)
         if key not in self._double_backward:
+            blocks = min_blocks(self.spec, DOUBLE_BACKWARD_MIN_BLOCKS[(self.dtype, da_atomic)])
             source = _uvu_dbl_codegen.double_backward_source(self.spec, self.ctype, tuple(has), da_atomic,
-                                                             min_blocks=DOUBLE_BACKWARD_MIN_BLOCKS[self.dtype])
+                                                             min_blocks=blocks)
             self._double_backward[key] = _compile(source, "bm_uvu_dbl", self.device)
         return self._double_backward[key]
 
 
-def forward_min_blocks(spec: _uvu_codegen.UvuSpec, dtype: torch.dtype) -> int:
-    """``FORWARD_MIN_BLOCKS`` for problems whose thread keeps at most ``FORWARD_MIN_BLOCKS_MAX_OUTPUTS`` outputs, else
-    0 (ptxas' choice). The tuning dicts are read when a problem is compiled: after changing them, ``_cache.clear()``."""
+def min_blocks(spec: _uvu_codegen.UvuSpec, tuned: int) -> int:
+    """``tuned`` (a tuning dict's entry) for problems whose thread keeps at most ``FORWARD_MIN_BLOCKS_MAX_OUTPUTS``
+    outputs, else 0 (ptxas' choice: the caps were tuned at MACE-MP-medium's 40). The tuning dicts are read when a
+    problem is compiled: after changing them, ``_cache.clear()``."""
     outputs = sum(2 * ins[5] + 1 for ins in spec.instructions)  # the accumulators acc_<n>_<k>
-    return FORWARD_MIN_BLOCKS[dtype] if outputs <= FORWARD_MIN_BLOCKS_MAX_OUTPUTS else 0
+    return tuned if outputs <= FORWARD_MIN_BLOCKS_MAX_OUTPUTS else 0
+
+
+def forward_min_blocks(spec: _uvu_codegen.UvuSpec, dtype: torch.dtype) -> int:
+    return min_blocks(spec, FORWARD_MIN_BLOCKS[dtype])
 
 
 def _compile(source: str, name: str, device: torch.device) -> int:
@@ -112,9 +126,10 @@ def kernels_for(plan: List[int], cg: List[float], dtype: torch.dtype, device: to
         try:
             forward_source = _uvu_codegen.forward_source(spec, ctype, FORWARD_UNROLL[dtype],
                                                          forward_min_blocks(spec, dtype), FORWARD_STREAM_WEIGHTS[dtype])
+            backward_source = _uvu_codegen.backward_source(spec, ctype, False,
+                                                           min_blocks(spec, BACKWARD_MIN_BLOCKS[(dtype, False)]))
             kernels = UvuKernels(spec, _compile(forward_source, "bm_uvu_fwd", device),
-                                 _compile(_uvu_codegen.backward_source(spec, ctype, False, BACKWARD_MIN_BLOCKS[dtype]),
-                                          "bm_uvu_bwd", device),
+                                 _compile(backward_source, "bm_uvu_bwd", device),
                                  ctype, device, dtype)
         except (ImportError, OSError, RuntimeError) as exc:  # no NVRTC, or it refused the source
             warnings.warn(f"batmobile_nn: the per-problem uvu kernels could not be compiled ({exc}); "

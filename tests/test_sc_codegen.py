@@ -3,6 +3,8 @@ derivatives reproduce the reference op (forward, backward, double backward), the
 cover every node once, and the problem cache never serves the kernels of other ``u`` values.
 The generated CUDA itself runs in ``tests/cuda/test_cuda_symmetric_contraction.py``."""
 
+import os
+
 import pytest
 import torch
 
@@ -122,12 +124,15 @@ def test_parts_partition_the_weights_and_add_up(ctype):
         codegen.PART_TERMS[ctype].update(small)
 
 
-def test_large_float64_problems_take_the_reference_path():
-    """MACE-MP-large's product basis (5,911 terms) in float64 runs on the reference (see _sc.F64_MAX_TERMS);
-    in float32, and MACE-MP-medium's (1,909 terms) in float64, on the kernels."""
+def test_large_float64_problems_take_the_reference_path_when_asked(monkeypatch):
+    """With ``F64_LARGE_NVRTC_OPTIONS`` None (BATMOBILE_NN_SC_F64_LARGE_OPTIONS=reference) MACE-MP-large's product basis
+    (5,911 terms) in float64 runs on the reference, with a warning; in float32, and MACE-MP-medium's (1,909 terms) in
+    float64, on the kernels."""
     large, medium = CASES[0], CASES[1]
     if not isinstance(large, Case):
         pytest.skip("needs mace-torch for real U tensors")
+    monkeypatch.setattr(_sc, "F64_LARGE_NVRTC_OPTIONS", None)
+    monkeypatch.setattr(_sc, "_problems", type(_sc._problems)())
     x, _, _, u = large.inputs(torch.float64)
     with pytest.warns(UserWarning, match="reference path"):
         assert _sc.kernels_for(x, u, large.correlations) is None
@@ -136,9 +141,26 @@ def test_large_float64_problems_take_the_reference_path():
     assert _sc.kernels_for(x, u, medium.correlations) is not None
 
 
+def test_large_float64_options_default_and_environment():
+    """By default the large float64 problems compile with ptxas -O0 (right on an H200, where -O3 was not); the
+    environment variable replaces the options, and "reference" turns the kernels off for them."""
+    import subprocess
+    import sys
+
+    code = "from batmobile_nn import _sc; print(_sc.F64_LARGE_NVRTC_OPTIONS)"
+    outputs = []
+    for value in (None, "--device-debug --fmad=false", "reference"):
+        env = {k: v for k, v in os.environ.items() if k != "BATMOBILE_NN_SC_F64_LARGE_OPTIONS"}
+        if value is not None:
+            env["BATMOBILE_NN_SC_F64_LARGE_OPTIONS"] = value
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outputs.append(done.stdout.strip().splitlines()[-1])
+    assert outputs == ["('--ptxas-options=-O0',)", "('--device-debug', '--fmad=false')", "None"]
+
+
 def test_large_float64_problems_compile_with_the_options_given(monkeypatch):
-    """With ``F64_LARGE_NVRTC_OPTIONS`` set, MACE-MP-large's float64 problem takes its kernels, compiled with those
-    options (and only its kernels: float32 and MACE-MP-medium's keep none)."""
+    """MACE-MP-large's float64 problem takes its kernels, compiled with ``F64_LARGE_NVRTC_OPTIONS`` (and only its
+    kernels: float32 and MACE-MP-medium's keep none)."""
     large, medium = CASES[0], CASES[1]
     if not isinstance(large, Case):
         pytest.skip("needs mace-torch for real U tensors")

@@ -64,7 +64,8 @@ def test_compiled_sources_match_the_reference(case, dtype, folder, small_parts):
 
 def test_large_float64_sources_are_right(folder):
     """MACE-MP-large's product basis in float64, cut into parts as the GPU gets it: right on the CPU, while on
-    an H200 these float64 kernels gave wrong derivatives (why _sc.F64_MAX_TERMS sends them to the reference)."""
+    an H200 these float64 kernels gave wrong derivatives under ptxas' default optimization (why problems above
+    _sc.F64_MAX_TERMS compile with _sc.F64_LARGE_NVRTC_OPTIONS)."""
     _check(CASES[0], torch.float64, folder)
 
 

@@ -132,3 +132,32 @@ def test_launch_bounds_and_the_forwards_resident_blocks():
     dbl = _uvu_dbl_codegen.double_backward_source(spec_medium, "float", (True, True, True), True, min_blocks=4)
     assert "__launch_bounds__(THREADS, 4) bm_uvu_dbl" in dbl
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tuned_blocks_per_mode_reach_the_compiled_sources(monkeypatch, dtype):
+    """``kernels_for`` compiles each kernel with its mode's entry of the tuning dicts (the backward's by whether the
+    input-1 gradient is atomic, the double backward's likewise), capped problems only (MACE-MP-large: ptxas' choice;
+    in float64 it has no per-problem kernels, 71 outputs a channel)."""
+    from batmobile_nn import _uvu
+
+    compiled = {}
+    monkeypatch.setattr(_uvu, "_compile", lambda source, name, device: compiled.setdefault(
+        (name, len(compiled)), source) and len(compiled))
+    monkeypatch.setattr(_uvu, "_cache", {})
+    monkeypatch.setattr(_uvu, "BACKWARD_MIN_BLOCKS", {(dtype, False): 2, (dtype, True): 6})
+    monkeypatch.setattr(_uvu, "DOUBLE_BACKWARD_MIN_BLOCKS", {(dtype, False): 7, (dtype, True): 3})
+    device = torch.device("cuda", 0)  # a cache key only: _compile is stubbed
+    for problem, capped in ((MACE_PROBLEMS[1], True), (MACE_PROBLEMS[2], False)):
+        compiled.clear()
+        plan = problem.plan()
+        kernels = _uvu.kernels_for(plan.plan_list, plan.cg_list, dtype, device, True)
+        if kernels is None and not capped and dtype == torch.float64:
+            continue
+        kernels.backward_atomic, kernels.double_backward((True, True, True), False)
+        kernels.double_backward((True, True, True), True)
+        bounds = [re.search(r"__launch_bounds__\(([^)]*)\) (bm_uvu_\w+)", source).groups()
+                  for source in compiled.values()]
+        expected = ["THREADS, 2", "THREADS, 6", "THREADS, 7", "THREADS, 3"] if capped else ["THREADS"] * 4
+        assert [b for b, name in bounds if name != "bm_uvu_fwd"] == expected
+        assert [name for _, name in bounds] == ["bm_uvu_fwd", "bm_uvu_bwd", "bm_uvu_bwd", "bm_uvu_dbl", "bm_uvu_dbl"]
