@@ -285,11 +285,11 @@ def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_gr
                          node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
                          sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool,
                          needs: List[bool]):
-    """The per-problem fused kernel where the uvu kernels apply, else the composition of this module's
-    forward and backward (without the ops' dispatch around each call)."""
+    """The per-problem fused kernel where the uvu kernels apply and it fits (``fuses_double_backward``), else the
+    composition of this module's forward and backward (without the ops' dispatch around each call)."""
     cotangents = [g if g.numel() else None for g in (grad_grad_node, grad_grad_edge, grad_grad_weight)]
     uvu = _uvu.kernels_for(plan, cg, node_feats.dtype, node_feats.device, weight.dim() == 2)
-    if uvu is None:
+    if uvu is None or not uvu.fuses_double_backward:
         graph = (sender, receiver, sender_perm)
         grads = _trilinear.planned_double_backward(
             lambda a, b, c, p: conv(a, b, c, *graph, p, cg, deterministic),

@@ -72,6 +72,13 @@ class UvuKernels:
         return self._radial[(hidden, alpha)]
 
     @property
+    def fuses_double_backward(self) -> bool:
+        """Whether the fused double-backward kernel serves this problem (else its double backward is composed of the
+        forward and backward kernels): ``_uvu_codegen.MAX_FUSED_DBL_OUT``."""
+        itemsize = torch.finfo(self.dtype).bits // 8
+        return _uvu_codegen.outputs_per_thread(self.spec) <= _uvu_codegen.MAX_FUSED_DBL_OUT[itemsize]
+
+    @property
     def backward_atomic(self) -> int:
         """The backward that adds the input-1 gradient at each sender with atomics (compiled on first use)."""
         if self._backward_atomic is None:
@@ -97,8 +104,7 @@ def min_blocks(spec: _uvu_codegen.UvuSpec, tuned: int) -> int:
     """``tuned`` (a tuning dict's entry) for problems whose thread keeps at most ``FORWARD_MIN_BLOCKS_MAX_OUTPUTS``
     outputs, else 0 (ptxas' choice: the caps were tuned at MACE-MP-medium's 40). The tuning dicts are read when a
     problem is compiled: after changing them, ``_cache.clear()``."""
-    outputs = sum(2 * ins[5] + 1 for ins in spec.instructions)  # the accumulators acc_<n>_<k>
-    return tuned if outputs <= FORWARD_MIN_BLOCKS_MAX_OUTPUTS else 0
+    return tuned if _uvu_codegen.outputs_per_thread(spec) <= FORWARD_MIN_BLOCKS_MAX_OUTPUTS else 0
 
 
 def forward_min_blocks(spec: _uvu_codegen.UvuSpec, dtype: torch.dtype) -> int:

@@ -57,6 +57,16 @@ def _covers(dim: int, segments: Sequence[Tuple[int, int]]) -> bool:
 MAX_MUL = 512
 # register budget: output values a thread holds (MACE-MP-medium: 40; large, with 128x2e: 106)
 MAX_OUT_PER_THREAD = {4: 128, 8: 64}  # by itemsize: float32, float64
+# ... and for the fused double backward (_uvu_dbl_codegen), which holds more per thread: a problem above it keeps the
+# forward and backward kernels and composes its double backward of them (_cuda.conv_double_backward). With nvcc
+# here (sm_90), MACE-MP-large's 71 outputs in float64: forward 254 registers, no spills; backward 72 bytes of spills;
+# fused double backward 19.5 KB
+MAX_FUSED_DBL_OUT = {4: 128, 8: 64}
+
+
+def outputs_per_thread(spec: "UvuSpec") -> int:
+    """Output values a thread accumulates (acc_<n>_<k>): the register budget the limits above bound."""
+    return sum(2 * ins[5] + 1 for ins in spec.instructions)
 
 
 def uvu_spec(plan: Sequence[int], cg: Sequence[float], per_edge_weights: bool,

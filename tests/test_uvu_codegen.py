@@ -161,3 +161,23 @@ def test_tuned_blocks_per_mode_reach_the_compiled_sources(monkeypatch, dtype):
         expected = ["THREADS, 2", "THREADS, 6", "THREADS, 7", "THREADS, 3"] if capped else ["THREADS"] * 4
         assert [b for b, name in bounds if name != "bm_uvu_fwd"] == expected
         assert [name for _, name in bounds] == ["bm_uvu_fwd", "bm_uvu_bwd", "bm_uvu_bwd", "bm_uvu_dbl", "bm_uvu_dbl"]
+
+
+def test_fused_double_backward_only_within_its_register_budget(monkeypatch):
+    """A problem above ``MAX_FUSED_DBL_OUT`` keeps its forward and backward kernels but not the fused double backward
+    (MACE-MP-large in float64 once ``MAX_OUT_PER_THREAD`` lets it in: 71 outputs a thread, whose fused kernel
+    spills 19.5 KB); the others fuse it."""
+    from batmobile_nn import _uvu
+
+    monkeypatch.setattr(_uvu, "_compile", lambda source, name, device: 1)
+    monkeypatch.setattr(_uvu, "_cache", type(_uvu._cache)())
+    monkeypatch.setitem(_uvu_codegen.MAX_OUT_PER_THREAD, 8, 128)
+    device = torch.device("cuda", 0)  # a cache key only: _compile is stubbed
+    fused = {}
+    for problem in MACE_PROBLEMS[1:3]:
+        plan = problem.plan()
+        for dtype in (torch.float32, torch.float64):
+            kernels = _uvu.kernels_for(plan.plan_list, plan.cg_list, dtype, device, True)
+            fused[(str(problem), str(dtype))] = kernels.fuses_double_backward
+    assert fused == {("mace-mp-medium", "torch.float32"): True, ("mace-mp-medium", "torch.float64"): True,
+                     ("mace-mp-large", "torch.float32"): True, ("mace-mp-large", "torch.float64"): False}

@@ -53,3 +53,17 @@ def test_uvu_and_generic_agree(dtype, monkeypatch):
     for key in fast:
         scale = generic[key].abs().max().clamp_min(1e-30)
         assert ((fast[key] - generic[key]).abs().max() / scale) < tol, key
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_large_float64_on_uvu_kernels_with_a_composed_double_backward(deterministic, monkeypatch):
+    """MACE-MP-large in float64 on its uvu forward and backward (``MAX_OUT_PER_THREAD`` raised to let its 71 outputs
+    a thread in) with the double backward composed of them (above ``MAX_FUSED_DBL_OUT``): values, first and second
+    derivatives against the reference."""
+    monkeypatch.setitem(_uvu_codegen.MAX_OUT_PER_THREAD, 8, 128)
+    monkeypatch.setattr(_uvu, "_cache", type(_uvu._cache)())
+    problem = MACE_PROBLEMS[2]
+    plan = problem.plan()
+    kernels = _uvu.kernels_for(plan.plan_list, plan.cg_list, torch.float64, DEVICE, True)
+    assert kernels is not None and not kernels.fuses_double_backward
+    test_cuda_conv._compare(problem, torch.float64, deterministic)
