@@ -31,11 +31,24 @@ enabled = os.environ.get("BATMOBILE_NN_SC", "1") != "0"
 # problem's forward in 3.8 ms and its force-loss training step in 67 ms at 4,913 nodes, against 122 and 1,127 ms on
 # the reference path). Unexplained: an optimizer bug on these long float64 kernels, or undefined behaviour in the
 # source that only optimized code exposes. BATMOBILE_NN_SC_F64_LARGE_OPTIONS replaces the options ("reference":
-# these problems take the pure-PyTorch reference path instead).
+# these problems take the pure-PyTorch reference path instead; blank: the default).
 F64_MAX_TERMS = 2000
-_F64_LARGE = os.environ.get("BATMOBILE_NN_SC_F64_LARGE_OPTIONS", "--ptxas-options=-O0")
-F64_LARGE_NVRTC_OPTIONS: Optional[Tuple[str, ...]] = None if _F64_LARGE.strip() == "reference" else tuple(
-    _F64_LARGE.split())
+F64_LARGE_DEFAULT_OPTIONS = ("--ptxas-options=-O0",)
+
+
+def _f64_large_options(value: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """The options from the environment's value: unset or blank -> the default (never the optimized compile, known
+    wrong), "reference" (any case) -> None, else the value split on whitespace."""
+    words = (value or "").split()
+    if not words:
+        return F64_LARGE_DEFAULT_OPTIONS
+    if len(words) == 1 and words[0].lower() == "reference":
+        return None
+    return tuple(words)
+
+
+F64_LARGE_NVRTC_OPTIONS: Optional[Tuple[str, ...]] = _f64_large_options(
+    os.environ.get("BATMOBILE_NN_SC_F64_LARGE_OPTIONS"))
 MAX_PROBLEMS = 32  # problems remembered (each keeps its u tensors alive)
 THREADS = _sc_codegen.THREADS
 

@@ -6,6 +6,7 @@ when NVRTC is unavailable, or when ``BATMOBILE_NN_UVU=0``, and the generic kerne
 Compiling one problem (forward and backward, one dtype) takes about a second, once per process.
 """
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,12 +29,15 @@ FORWARD_UNROLL = {torch.float32: 2, torch.float64: 1}
 # csrc/README.md run 10): float32 5 blocks (0.460 -> 0.344 ms the kernel), float64 3 blocks and evict-first
 # weights (0.765 -> 0.711 ms)
 FORWARD_MIN_BLOCKS = {torch.float32: 5, torch.float64: 3}
-# ... for problems of at most this many outputs per thread (MACE-MP-medium's 40; MACE-MP-large's 71 would spill
-# under the cap: ptxas, float32, 568 bytes): above it ptxas chooses
+# The resident-block caps (forward, backward and double backward: min_blocks) apply only to problems of at most this
+# many outputs per thread (MACE-MP-medium's 40; MACE-MP-large's 71 would spill under the forward's cap: ptxas,
+# float32, 568 bytes): above it ptxas chooses
 FORWARD_MIN_BLOCKS_MAX_OUTPUTS = 40
 FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: True}
 # the backward's and the fused double backward's resident blocks per multiprocessor asked of ptxas (0: its choice),
-# by dtype and whether the input-1 gradient is added with atomics (the atomic mode) or per edge (deterministic).
+# by dtype and kernel variant: whether the input-1 gradient is added with atomics at each sender (True: the atomic
+# mode without a sender_perm) or written per edge (False: the deterministic mode, and the atomic one given a
+# sender_perm, tensor_product_backward, or a backward that does not need the input-1 gradient).
 # Swept on an H200 (MACE-MP-medium, 170k edges, csrc/README.md run 11; each variant bitwise equal to ptxas' choice):
 # float64 deterministic backward 4 blocks (forward + backward 3.10 -> 2.81 ms, though ptxas spills 248 bytes),
 # float32 atomic double backward 3 (forward + backward + double backward 5.82 -> 5.40 ms); elsewhere no variant won
@@ -71,7 +75,7 @@ class UvuKernels:
             self._radial[(hidden, alpha)] = _compile(source, "bm_uvu_fwd_radial", self.device)
         return self._radial[(hidden, alpha)]
 
-    @property
+    @functools.cached_property
     def fuses_double_backward(self) -> bool:
         """Whether the fused double-backward kernel serves this problem (else its double backward is composed of the
         forward and backward kernels): ``_uvu_codegen.MAX_FUSED_DBL_OUT``."""
@@ -108,6 +112,7 @@ def min_blocks(spec: _uvu_codegen.UvuSpec, tuned: int) -> int:
 
 
 def forward_min_blocks(spec: _uvu_codegen.UvuSpec, dtype: torch.dtype) -> int:
+    """The forward's cap: ``FORWARD_MIN_BLOCKS`` through ``min_blocks``."""
     return min_blocks(spec, FORWARD_MIN_BLOCKS[dtype])
 
 
