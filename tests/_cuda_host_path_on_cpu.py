@@ -45,7 +45,13 @@ def counted(name, fn):
     return run
 
 
-def main(scripts: str):
+def main(scripts: str, double_backward: str = "fused"):
+    """``double_backward``: "fused" (the defaults) or "composed" (every convolution's double backward composed of its
+    forward and backward kernels, as for problems above ``_uvu_codegen.MAX_FUSED_DBL_OUT``)."""
+    if double_backward == "composed":
+        from batmobile_nn import _uvu_codegen
+
+        _uvu_codegen.MAX_FUSED_DBL_OUT.update({4: 0, 8: 0})
     library = torch.library.Library("batmobile_cuda", "DEF")
     for schema, fn in STUBS.items():
         name = schema.split("(")[0]
@@ -72,4 +78,4 @@ def main(scripts: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
