@@ -32,7 +32,7 @@ FORWARD_MIN_BLOCKS = {torch.float32: 5, torch.float64: 3}
 # The resident-block caps (forward, backward and double backward: min_blocks) apply only to problems of at most this
 # many outputs per thread (MACE-MP-medium's 40; MACE-MP-large's 71 would spill under the forward's cap: ptxas,
 # float32, 568 bytes): above it ptxas chooses
-FORWARD_MIN_BLOCKS_MAX_OUTPUTS = 40
+MIN_BLOCKS_MAX_OUTPUTS = 40
 FORWARD_STREAM_WEIGHTS = {torch.float32: False, torch.float64: True}
 # the backward's and the fused double backward's resident blocks per multiprocessor asked of ptxas (0: its choice),
 # by dtype and kernel variant: whether the input-1 gradient is added with atomics at each sender (True: the atomic
@@ -80,7 +80,7 @@ class UvuKernels:
         """Whether the fused double-backward kernel serves this problem (else its double backward is composed of the
         forward and backward kernels): ``_uvu_codegen.MAX_FUSED_DBL_OUT``."""
         itemsize = torch.finfo(self.dtype).bits // 8
-        return _uvu_codegen.outputs_per_thread(self.spec) <= _uvu_codegen.MAX_FUSED_DBL_OUT[itemsize]
+        return _uvu_codegen.outputs_per_thread(self.spec.instructions) <= _uvu_codegen.MAX_FUSED_DBL_OUT[itemsize]
 
     @property
     def backward_atomic(self) -> int:
@@ -105,10 +105,10 @@ class UvuKernels:
 
 
 def min_blocks(spec: _uvu_codegen.UvuSpec, tuned: int) -> int:
-    """``tuned`` (a tuning dict's entry) for problems whose thread keeps at most ``FORWARD_MIN_BLOCKS_MAX_OUTPUTS``
+    """``tuned`` (a tuning dict's entry) for problems whose thread keeps at most ``MIN_BLOCKS_MAX_OUTPUTS``
     outputs, else 0 (ptxas' choice: the caps were tuned at MACE-MP-medium's 40). The tuning dicts are read when a
     problem is compiled: after changing them, ``_cache.clear()``."""
-    return tuned if _uvu_codegen.outputs_per_thread(spec) <= FORWARD_MIN_BLOCKS_MAX_OUTPUTS else 0
+    return tuned if _uvu_codegen.outputs_per_thread(spec.instructions) <= MIN_BLOCKS_MAX_OUTPUTS else 0
 
 
 def forward_min_blocks(spec: _uvu_codegen.UvuSpec, dtype: torch.dtype) -> int:
@@ -153,8 +153,8 @@ def forward(k: UvuKernels, in1: Tensor, in2: Tensor, weight: Tensor, order: Opti
             send: Optional[Tensor], row_ptr: Optional[Tensor]) -> Tensor:
     dim1, dim2, dim_out, weight_numel = k.spec.dims
     return _extension.ops.uvu_forward(k.forward, k.spec.threads, in1.contiguous(), in2.contiguous(),
-                                                weight.contiguous(), order, send, row_ptr, dim1, dim2, dim_out,
-                                                weight_numel, not k.spec.out_covered)
+                                      weight.contiguous(), order, send, row_ptr, dim1, dim2, dim_out,
+                                      weight_numel, not k.spec.out_covered)
 
 
 def forward_radial(k: UvuKernels, in1: Tensor, in2: Tensor, radial_hidden: Tensor, radial_weight: Tensor,

@@ -55,7 +55,8 @@ def _covers(dim: int, segments: Sequence[Tuple[int, int]]) -> bool:
 
 
 MAX_MUL = 512
-# register budget: output values a thread holds (MACE-MP-medium: 40; large, with 128x2e: 106)
+# register budget: output values a thread holds (outputs_per_thread; MACE-MP-medium: 40; MACE-MP-large's second
+# convolution, 128x0e+128x1o+128x2e in: 71)
 MAX_OUT_PER_THREAD = {4: 128, 8: 64}  # by itemsize: float32, float64
 # ... and for the fused double backward (_uvu_dbl_codegen), which holds more per thread: a problem above it keeps the
 # forward and backward kernels and composes its double backward of them (_cuda.conv_double_backward). With nvcc
@@ -64,9 +65,10 @@ MAX_OUT_PER_THREAD = {4: 128, 8: 64}  # by itemsize: float32, float64
 MAX_FUSED_DBL_OUT = {4: 128, 8: 64}
 
 
-def outputs_per_thread(spec: "UvuSpec") -> int:
-    """Output values a thread accumulates (acc_<n>_<k>): the register budget the limits above bound."""
-    return sum(2 * ins[5] + 1 for ins in spec.instructions)
+def outputs_per_thread(instructions: Sequence[tuple]) -> int:
+    """Output values a thread accumulates (acc_<n>_<k>) for a spec's ``instructions``: the register budget the limits
+    above bound."""
+    return sum(2 * ins[5] + 1 for ins in instructions)
 
 
 def uvu_spec(plan: Sequence[int], cg: Sequence[float], per_edge_weights: bool,
@@ -78,7 +80,7 @@ def uvu_spec(plan: Sequence[int], cg: Sequence[float], per_edge_weights: bool,
     if not rows:
         return None, "no instructions"
     mul = rows[0]["mul1"]
-    instructions, terms, per_thread = [], [], 0
+    instructions, terms = [], []
     for ins in rows:
         if ins["mode"] != _plan.MODES["uvu"] or ins["mul2"] != 1 or ins["mul1"] != mul or ins["mul_out"] != mul:
             return None, "not a uniform-multiplicity uvu product"
@@ -90,9 +92,9 @@ def uvu_spec(plan: Sequence[int], cg: Sequence[float], per_edge_weights: bool,
         nonzero = tuple((n // (d2 * do), (n // do) % d2, n % do, float(c)) for n, c in enumerate(block) if c != 0.0)
         instructions.append((ins["in1_offset"], l1, ins["in2_offset"], l2, ins["out_offset"], lo, ins["weight_offset"]))
         terms.append(nonzero)
-        per_thread += do
     if not 1 <= mul <= MAX_MUL:
         return None, f"multiplicity {mul} outside 1..{MAX_MUL}"
+    per_thread = outputs_per_thread(instructions)
     if per_thread > MAX_OUT_PER_THREAD[itemsize]:
         return None, f"{per_thread} output values per channel (more than {MAX_OUT_PER_THREAD[itemsize]})"
     threads = (mul + 31) // 32 * 32

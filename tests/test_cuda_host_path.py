@@ -3,6 +3,7 @@
 registers the ``batmobile_cuda`` namespace). Catches Python errors of the GPU path (arguments, caches, schemas) on
 machines without a GPU; the values are checked by the GPU tests."""
 
+import functools
 import json
 import os
 import pathlib
@@ -17,6 +18,7 @@ torch = pytest.importorskip("torch")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@functools.lru_cache(maxsize=None)  # one subprocess per mode for the module's tests
 def _training_step(double_backward: str) -> dict:
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "_cuda_host_path_on_cpu.py"), str(ROOT / "scripts"),

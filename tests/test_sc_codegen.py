@@ -145,19 +145,12 @@ def test_large_float64_options_default_and_environment():
     """By default the large float64 problems compile with ptxas -O0 (right on an H200, where -O3 was not); the
     environment variable replaces the options, "reference" turns the kernels off for them, and a blank value keeps
     the default (never the optimized compile)."""
-    import subprocess
-    import sys
-
-    code = "from batmobile_nn import _sc; print(_sc.F64_LARGE_NVRTC_OPTIONS)"
-    outputs = []
-    for value in (None, "--device-debug --fmad=false", "reference", " Reference ", "", "  "):
-        env = {k: v for k, v in os.environ.items() if k != "BATMOBILE_NN_SC_F64_LARGE_OPTIONS"}
-        if value is not None:
-            env["BATMOBILE_NN_SC_F64_LARGE_OPTIONS"] = value
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        outputs.append(done.stdout.strip().splitlines()[-1])
-    assert outputs == ["('--ptxas-options=-O0',)", "('--device-debug', '--fmad=false')", "None", "None",
-                       "('--ptxas-options=-O0',)", "('--ptxas-options=-O0',)"]
+    parse = _sc._f64_large_options
+    assert parse(None) == parse("") == parse("  ") == _sc.F64_LARGE_DEFAULT_OPTIONS == ("--ptxas-options=-O0",)
+    assert parse("--device-debug --fmad=false") == ("--device-debug", "--fmad=false")
+    assert parse("reference") is None and parse(" Reference ") is None
+    if "BATMOBILE_NN_SC_F64_LARGE_OPTIONS" not in os.environ:  # the module's value is the parser's
+        assert _sc.F64_LARGE_NVRTC_OPTIONS == _sc.F64_LARGE_DEFAULT_OPTIONS
 
 
 def test_large_float64_problems_compile_with_the_options_given(monkeypatch):

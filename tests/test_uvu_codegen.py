@@ -114,7 +114,7 @@ def test_coverage_is_computed_once_per_spec(monkeypatch):
 
 def test_launch_bounds_and_the_forwards_resident_blocks():
     """The tuning reaches the source: ``__launch_bounds__(THREADS, n)`` with a cap, ptxas' choice without; the
-    forward's cap only for problems of at most FORWARD_MIN_BLOCKS_MAX_OUTPUTS outputs a thread (MACE-MP-large's 71
+    forward's cap only for problems of at most MIN_BLOCKS_MAX_OUTPUTS outputs a thread (MACE-MP-large's 71
     spill under it)."""
     from batmobile_nn import _uvu, _uvu_dbl_codegen
 
