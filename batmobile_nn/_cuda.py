@@ -281,6 +281,23 @@ def conv_backward(grad_out: Tensor, node_feats: Tensor, edge_attrs: Tensor, weig
     return g1, g2, gw
 
 
+def _conv_backward_into(uvu: "_uvu.UvuKernels", weight_grad: Tensor, grad_out: Tensor, node_feats: Tensor,
+                        edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
+                        sender_perm: Optional[Tensor], deterministic: bool, needs: List[bool]):
+    """``conv_backward`` on the uvu kernels with the weight gradient added into ``weight_grad [n_edges,
+    weight_numel]``: ``(grad_node [n_nodes, dim1], grad_edge [n_edges, dim2])``, None where not needed."""
+    n_nodes = node_feats.shape[0]
+    order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)
+    send = _sorted_senders(sender, receiver, order)
+    g1_atomic = needs[0] and not deterministic and sender_perm is None  # as conv_backward's atomic mode
+    g1, g2 = _uvu.backward_into(uvu, weight_grad, grad_out, node_feats, edge_attrs, weight, order, send, row_ptr,
+                                needs, g1_atomic)
+    if g1 is not None and not g1_atomic:  # [n_edges, dim1] per edge -> [n_nodes, dim1] by sender
+        sender_order, sender_ptr = _sender_graph(sender, n_nodes, sender_perm)
+        g1 = _ops().segment_sum(g1, sender_order, sender_ptr)
+    return g1, g2
+
+
 def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_grad_weight: Tensor, grad_out: Tensor,
                          node_feats: Tensor, edge_attrs: Tensor, weight: Tensor, sender: Tensor, receiver: Tensor,
                          sender_perm: Optional[Tensor], plan: List[int], cg: List[float], deterministic: bool,
@@ -294,7 +311,9 @@ def conv_double_backward(grad_grad_node: Tensor, grad_grad_edge: Tensor, grad_gr
         grads = _trilinear.planned_double_backward(
             lambda a, b, c, p: conv(a, b, c, *graph, p, cg, deterministic),
             lambda g, a, b, c, p, n: conv_backward(g, a, b, c, *graph, p, cg, deterministic, n),
-            plan, grad_out, node_feats, edge_attrs, weight, cotangents, needs)
+            plan, grad_out, node_feats, edge_attrs, weight, cotangents, needs,
+            None if uvu is None else lambda dest, g, a, b, c, n: _conv_backward_into(
+                uvu, dest, g, a, b, c, *graph, deterministic, n))
     else:
         n_nodes = node_feats.shape[0]
         order, row_ptr = _receiver_graph(receiver, n_nodes, deterministic)

@@ -259,12 +259,15 @@ def launch_bounds(min_blocks: int) -> str:
     return f"__launch_bounds__(THREADS, {min_blocks})" if min_blocks else "__launch_bounds__(THREADS)"
 
 
-def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False, min_blocks: int = 0) -> str:
-    """``min_blocks``: see ``launch_bounds``. ``g1_atomic``: the input-1 gradient is added with atomics into ``g1 [n_nodes, DIM1]`` at each edge's
-    sender (zeroed by the caller) instead of being written per edge to ``g1_edge [n_edges, DIM1]``, and the
-    warps add their harmonics-gradient sums into ``g2 [n_edges, DIM2]`` (zeroed) instead of writing
-    ``g2_part [n_edges, WARPS, DIM2]``: no per-edge buffers and no segment sum (the convolution's atomic
-    mode), but the summation order, and so the last bits, vary run to run."""
+def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False, min_blocks: int = 0,
+                    gw_add: bool = False) -> str:
+    """``min_blocks``: see ``launch_bounds``. ``g1_atomic``: the input-1 gradient is added with atomics into
+    ``g1 [n_nodes, DIM1]`` at each edge's sender (zeroed by the caller) instead of being written per edge to
+    ``g1_edge [n_edges, DIM1]``, and the warps add their harmonics-gradient sums into ``g2 [n_edges, DIM2]``
+    (zeroed) instead of writing ``g2_part [n_edges, WARPS, DIM2]``: no per-edge buffers and no segment sum (the
+    convolution's atomic mode), but the summation order, and so the last bits, vary run to run. ``gw_add``: the
+    weight gradient is added into ``gw`` instead of written (one thread per entry: deterministic), so that a
+    composed double backward sums its two weight-gradient terms without a second ``[n_edges, WNUMEL]`` buffer."""
     dim2 = spec.dims[1]
     lines = _header(spec, ctype) + [
         f'extern "C" __global__ void {launch_bounds(min_blocks)} bm_uvu_bwd(',
@@ -290,7 +293,8 @@ def backward_source(spec: UvuSpec, ctype: str, g1_atomic: bool = False, min_bloc
             gw_parts.append(f"{_lit(c)} * (a_{off1}_{i} * b_{off2 + j} * g_{n}_{k})")
             ga.setdefault(i, []).append(f"{_lit(c)} * (b_{off2 + j} * g_{n}_{k})")
             gb.setdefault(off2 + j, []).append(f"{_lit(c)} * (a_{off1}_{i} * g_{n}_{k})")
-        lines.append(f"      if (gw && active) gw[e * WNUMEL + {ins[6]} + u] = {' + '.join(gw_parts) or 'T(0)'};")
+        lines.append(f"      if (gw && active) gw[e * WNUMEL + {ins[6]} + u] {'+=' if gw_add else '='} "
+                     f"{' + '.join(gw_parts) or 'T(0)'};")
         for i, parts in sorted(ga.items()):
             lines.append(f"      ga_{off1}_{i} += w_{n} * ({' + '.join(parts)});")
         for j, parts in sorted(gb.items()):

@@ -233,11 +233,19 @@ def first_outputs(mode, model, data, n_atoms):
     return {"loss": loss.detach(), "grads": grads}
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure, also as TorchScript's interpreter re-raises it (a RuntimeError naming it)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
 def reference(mode, base, batch, device):
     """e3nn's first outputs on ``batch`` (untimed); {} when e3nn runs out of memory (no parity check then)."""
     try:
         return first_outputs(mode, copy.deepcopy(base), batch.to_dict(), batch.num_nodes)
-    except torch.OutOfMemoryError:
+    except RuntimeError as exc:  # (torch.OutOfMemoryError is one)
+        if not out_of_memory(exc):
+            raise
         return {}
     finally:
         free(device)
@@ -372,10 +380,8 @@ def bench_row(row, backend, inference_model, base, batch, ref, device, args):
                                                "counted by max_memory_allocated"]
         row["notes"] = sorted(set(row["notes"] + caught_notes(caught)))
         row["status"] = parity_status(row, DTYPES[row["dtype"]], backend)
-    except torch.OutOfMemoryError:
-        row["status"] = "oom"
     except Exception as exc:  # noqa: BLE001  (a backend that breaks is a row, not a crash)
-        row["status"] = f"error: {short(exc)}"
+        row["status"] = "oom" if out_of_memory(exc) else f"error: {short(exc)}"
     finally:
         del model
         free(device)

@@ -62,6 +62,34 @@ def test_top_kernels_sums_by_name():
     assert bench._top(events, count=1) == [["gemm", 3.5, 2]]
 
 
+def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
+    """An allocation failure, also re-raised by TorchScript's interpreter as a RuntimeError (e3nn's reference at
+    MACE-MP-large, 19,683 atoms, float64 on an H200 ended the whole run that way), gives no reference and an "oom"
+    row; other errors still raise from the reference and are rows with their message."""
+    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scripted = RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of "
+                            "TorchScript (most recent call last):\nRuntimeError: CUDA out of memory. Tried to allocate "
+                            "22.94 GiB.")
+    failure = {"exc": scripted}
+
+    def fails(*args):
+        raise failure["exc"]
+    monkeypatch.setattr(bench, "first_outputs", fails)
+    monkeypatch.setattr(bench, "run_backend", fails)
+    device, batch = bench.torch.device("cpu"), type("Batch", (), {"to_dict": dict, "num_nodes": 1})()
+    assert bench.reference("inference", bench.torch.nn.Linear(1, 1), batch, device) == {}
+    row = {"mode": "inference", "notes": []}
+    assert bench.bench_row(row, "e3nn", object(), None, batch, {}, device, None)["status"] == "oom"
+    failure["exc"] = RuntimeError("shape mismatch")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bench.reference("inference", bench.torch.nn.Linear(1, 1), batch, device)
+    row = {"mode": "inference", "notes": []}
+    assert bench.bench_row(row, "e3nn", object(), None, batch, {}, device, None)["status"] == (
+        "error: RuntimeError: shape mismatch")
+
+
 def test_versions_name_the_first_install_on_the_path(tmp_path, monkeypatch):
     """With two installs of a library (the GPU machine's own e3nn and the carried one), the version recorded
     is the one that imports: the first on sys.path."""

@@ -12,9 +12,10 @@ import subprocess
 import pytest
 import torch
 
-from batmobile_nn import _uvu_codegen, _uvu_dbl_codegen, reference
+from batmobile_nn import _jit, _uvu, _uvu_codegen, _uvu_dbl_codegen, reference
 from problems import MACE_PROBLEMS, scaled
 from test_sc_compiled_on_cpu import CXX, _call
+from test_uvw_compiled_on_cpu import Emulator
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs a C++ compiler")
 
@@ -108,3 +109,40 @@ def test_fused_double_backward_matches_the_composed_one(problem, has, dtype, fol
             scale = max(y.abs().max().item(), 1.0)
             assert (x.double() - y).abs().max().item() <= tolerance * scale, (name, atomic)
         assert not got[0][N_NODES - 1].any() and not got[1][N_NODES - 1].any(), "the isolated node got a value"
+
+
+@pytest.mark.parametrize("needs", [[True, False, True], [True, True, True]], ids=["node+weight", "all"])
+@pytest.mark.parametrize("g1_atomic", [True, False], ids=["atomic", "per-edge"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_backward_into_adds_the_weight_gradient(needs, g1_atomic, dtype, tmp_path, monkeypatch):
+    """``_uvu.backward_into`` (a composed double backward's second weight-gradient term) on its generated kernel,
+    emulated on the CPU (the block's threads, warp shuffles, atomics): the weight gradient added to what the buffer
+    held, the input gradients as the reference's."""
+    emulator = Emulator(tmp_path)
+    monkeypatch.setattr(_uvu, "_compile", emulator.compile)
+    monkeypatch.setattr(_jit, "launch", emulator.launch)
+    plan = scaled(MACE_PROBLEMS[1], 3).plan()
+    spec, reason = _uvu_codegen.uvu_spec(plan.plan_list, plan.cg_list, True, torch.finfo(dtype).bits // 8)
+    assert spec is not None, reason
+    kernels = _uvu.UvuKernels(spec, 0, 0, "float" if dtype == torch.float32 else "double", torch.device("cpu"), dtype)
+    dim1, dim2, dim_out, wnumel = spec.dims
+    generator = torch.Generator().manual_seed(5)
+    grad_out, a, b, c, held = (torch.randn(shape, generator=generator, dtype=torch.float64) for shape in (
+        (N_NODES, dim_out), (N_NODES, dim1), (N_EDGES, dim2), (N_EDGES, wnumel), (N_EDGES, wnumel)))
+    sender, receiver, order, send, row_ptr = _graph(5)
+    weight_grad = held.to(dtype, copy=True)  # [n_edges, wnumel], added into
+    g1, g2 = _uvu.backward_into(kernels, weight_grad, *(t.to(dtype) for t in (grad_out, a, b, c)), order, send,
+                                row_ptr, needs, g1_atomic)
+    expected = reference.conv_backward(grad_out, a, b, c, sender, receiver, plan.plan_list, plan.cg_list, needs)
+    if not g1_atomic:  # [n_edges, dim1] per edge -> [n_nodes, dim1]
+        g1 = torch.zeros(N_NODES, dim1, dtype=dtype).index_add_(0, sender, g1)
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+    assert (g2 is None) == (not needs[1])
+    for name, got, want in (("node", g1, expected[0]), ("edge", g2, expected[1]),
+                            ("weight", weight_grad.double() - held, expected[2])):
+        if got is not None:
+            scale = max(want.abs().max().item(), 1.0)
+            assert (got.double() - want).abs().max().item() <= tolerance * scale, name
+    with pytest.raises(ValueError, match="weight_grad must be"):
+        _uvu.backward_into(kernels, weight_grad[:, 1:], *(t.to(dtype) for t in (grad_out, a, b, c)), order, send,
+                           row_ptr, needs, g1_atomic)

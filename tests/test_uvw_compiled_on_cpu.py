@@ -19,7 +19,8 @@ from test_sc_compiled_on_cpu import CXX
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="needs a C++ compiler")
 
-PRELUDE = r"""#include <barrier>
+PRELUDE = r"""#include <atomic>
+#include <barrier>
 #include <thread>
 #include <vector>
 #define __global__
@@ -39,6 +40,7 @@ template <typename V> static V __shfl_xor_sync(unsigned, V value, int mask) {
   __syncthreads();
   return other;
 }
+template <typename V> static void atomicAdd(V* p, V v) { std::atomic_ref<V>(*p).fetch_add(v); }
 struct AnyPtr { void* p; template <typename P> operator P*() const { return static_cast<P*>(p); } };
 """
 
@@ -59,14 +61,17 @@ extern "C" void run(long long grid, long long threads, void** p, long long* s) {
 
 
 class Emulator:
-    """``compile`` and ``launch`` for ``_uvw.UvwKernels``, on the CPU."""
+    """``compile`` and ``launch`` for the per-problem kernels (``_uvw.UvwKernels``, ``_uvu.UvuKernels``), on the CPU:
+    a thread per CUDA thread, a block at a time."""
 
     def __init__(self, folder):
         self.folder, self.libraries = folder, []
 
     def compile(self, source, name, device):
         signature = source[source.index(name + "("):source.index(") {")]
-        n_pointers, n_scalars = signature.count("*"), signature.count("long long")
+        parameters = signature[len(name) + 1:].split(",")  # pointers, then 64-bit integers (long long / i64)
+        n_pointers = sum("*" in parameter for parameter in parameters)
+        n_scalars = len(parameters) - n_pointers
         args = [f"AnyPtr{{p[{i}]}}" for i in range(n_pointers)] + [f"s[{i}]" for i in range(n_scalars)]
         code = PRELUDE + source + RUNNER.replace("KERNEL", name).replace("ARGS", ", ".join(args))
         digest = hashlib.sha1(code.encode()).hexdigest()[:16]

@@ -29,11 +29,13 @@ def _add(x: Optional[Tensor], y: Optional[Tensor]) -> Optional[Tensor]:
 
 def double_backward(forward: Callable, backward: Callable, grad_out: Tensor, a: Tensor, b: Tensor, c: Tensor,
                     cotangents: List[Optional[Tensor]], needs: List[bool], forward_c: Optional[Callable] = None,
-                    backward_c: Optional[Callable] = None):
+                    backward_c: Optional[Callable] = None, backward_into: Optional[Callable] = None):
     """Gradients ``(grad_out, a, b, c)`` of ``<cotangents, backward(grad_out, a, b, c)>``.
 
     ``forward(a, b, c)`` and ``backward(g, a, b, c, needs)`` close over the non-tensor arguments;
     ``forward_c`` and ``backward_c`` are the same for the part linear in ``c`` (default: all of it);
+    ``backward_into(dest_c, g, a, b, c, needs) -> (d_a, d_b)``, optional, is ``backward`` adding its ``c``
+    gradient into ``dest_c`` (the second ``c`` term then needs no buffer of its own);
     ``cotangents[i]`` is None where output ``i`` of the backward was not computed or not used;
     ``needs`` says which of ``(grad_out, a, b, c)`` need a gradient.
     """
@@ -49,7 +51,10 @@ def double_backward(forward: Callable, backward: Callable, grad_out: Tensor, a: 
     if gb is not None:
         if need_g:
             d_g = _add(d_g, forward(a, gb, c))
-        if need_a or need_c:
+        if need_c and d_c is not None and backward_into is not None:
+            x_a, _ = backward_into(d_c, grad_out, a, gb, c, [need_a, False, True])
+            d_a = _add(d_a, x_a if need_a else None)
+        elif need_a or need_c:
             x_a, _, x_c = backward(grad_out, a, gb, c, [need_a, False, need_c])
             d_a, d_c = _add(d_a, x_a if need_a else None), _add(d_c, x_c if need_c else None)
     if gc is not None:
@@ -70,13 +75,16 @@ def used(cotangent: Optional[Tensor], computed: bool) -> Optional[Tensor]:
 
 
 def planned_double_backward(forward: Callable, backward: Callable, plan: List[int], grad_out: Tensor, a: Tensor,
-                            b: Tensor, c: Tensor, cotangents: List[Optional[Tensor]], needs: List[bool]):
+                            b: Tensor, c: Tensor, cotangents: List[Optional[Tensor]], needs: List[bool],
+                            backward_into: Optional[Callable] = None):
     """``double_backward`` of a tensor-product op: ``forward(a, b, c, plan)`` and ``backward(g, a, b, c, plan,
-    needs)``; the weights' cotangent takes the plan's weighted paths (``_plan.weighted_part``)."""
+    needs)`` (and ``backward_into(dest_c, g, a, b, c, needs)``, optional, with the plan closed over); the weights'
+    cotangent takes the plan's weighted paths (``_plan.weighted_part``)."""
     plan_c = _plan.weighted_part(plan)
     return double_backward(lambda x, y, z: forward(x, y, z, plan), lambda g, x, y, z, n: backward(g, x, y, z, plan, n),
                            grad_out, a, b, c, cotangents, list(needs),
-                           lambda x, y, z: forward(x, y, z, plan_c), lambda g, x, y, z, n: backward(g, x, y, z, plan_c, n))
+                           lambda x, y, z: forward(x, y, z, plan_c), lambda g, x, y, z, n: backward(g, x, y, z, plan_c, n),
+                           backward_into)
 
 
 def reached(cotangents: Sequence[Optional[Tensor]]) -> Tuple[bool, bool, bool, bool]:

@@ -145,6 +145,43 @@ def test_double_backward_op_equals_the_composed_double_backward(shared_weights, 
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("problem", [scaled(MACE_PROBLEMS[1], 3), GAPS_PROBLEM], ids=str)
+def test_composed_double_backward_adds_the_second_weight_gradient_into_the_first(problem):
+    """With ``backward_into`` (the uvu kernels' route above ``MAX_FUSED_DBL_OUT``) the composed double backward
+    asks one backward for the weights' gradient and adds the other term into that buffer: the same gradients,
+    without a second ``[n_edges, weight_numel]`` buffer."""
+    from batmobile_nn import reference
+    from batmobile_nn.ops import _trilinear
+
+    plan = problem.plan()
+    sender, receiver = random_graph(N_NODES, N_EDGES, seed=11, isolated=ISOLATED)
+    x, y, w = _raw(problem, N_NODES, N_EDGES)
+    grad_out, ga, gb, gc = randn([(N_NODES, problem.irreps_out.dim), x.shape, y.shape, w.shape], torch.float64, 4)
+    weight_asked, added_into = [], []
+
+    def forward(a, b, c, p):
+        return reference.conv(a, b, c, sender, receiver, p, plan.cg_list)
+
+    def backward(g, a, b, c, p, needs):
+        weight_asked.append(needs[2])
+        return reference.conv_backward(g, a, b, c, sender, receiver, p, plan.cg_list, needs)
+
+    def backward_into(dest, g, a, b, c, needs):
+        added_into.append(dest)
+        d_a, d_b, d_c = reference.conv_backward(g, a, b, c, sender, receiver, plan.plan_list, plan.cg_list, needs)
+        dest.add_(d_c)
+        return d_a if needs[0] else None, d_b if needs[1] else None
+
+    args = (plan.plan_list, grad_out, x, y, w, [ga, gb, gc], [True] * 4)
+    plain = _trilinear.planned_double_backward(forward, backward, *args)
+    assert weight_asked.count(True) == 2
+    weight_asked.clear()
+    added = _trilinear.planned_double_backward(forward, backward, *args, backward_into=backward_into)
+    assert weight_asked.count(True) == 1 and len(added_into) == 1 and added_into[0] is added[3]
+    for name, a, b in zip(("grad_out", "node_feats", "edge_attrs", "weight"), plain, added):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_third_derivatives_match_e3nn():
     """A double backward that builds a graph stays differentiable: third derivatives as e3nn's."""
     problem = scaled(MACE_PROBLEMS[1], 3)
