@@ -174,6 +174,23 @@ def test_mace_table_compares_ours_with_the_best_peer():
                          "×1.50", "×0.80", "×15.00"]
 
 
+def test_mace_table_times_rows_without_an_e3nn_reference():
+    """Where e3nn's reference itself failed (out of memory), the others' rows are timed and marked, not hidden."""
+    table = _table_module()
+    row = dict(model="large", atoms=19683, edges=686000, dtype="float64", mode="train")
+    unchecked = "ok (unchecked: no e3nn reference)"
+    data = {"benchmark": "bench_mace", "rows": [
+        {**row, "backend": "e3nn", "status": "oom"},
+        {**row, "backend": "cueq", "status": unchecked, "wall_ms": 300.0, "kernel_ms": 240.0, "peak_memory_bytes": 6e10},
+        {**row, "backend": "oeq", "status": "failed parity (max rel err 1 > 1e-08)", "wall_ms": 1.0, "kernel_ms": 1.0},
+        {**row, "backend": "batmobile", "status": unchecked, "wall_ms": 250.0, "kernel_ms": 200.0,
+         "peak_memory_bytes": 5e10}]}
+    header, _, line = table.mace_table(data)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5:] == ["oom", "300 / 240 / 60.00 (parity unchecked)", "failed parity (max rel err 1 > 1e-08)",
+                         "250 / 200 / 50.00 (parity unchecked)", "×1.20", "×1.20"]
+
+
 def test_results_of_other_revisions_name_their_code(tmp_path):
     """A folder gathering several runs' JSON says, per benchmark, which revision made it."""
     table = _table_module()
