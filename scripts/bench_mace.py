@@ -310,33 +310,39 @@ def short(exc):
 
 
 def plot(rows, device, path):
-    """Grouped bars: one group per (model, atoms, dtype, mode), one bar per backend; wall and kernel ms."""
+    """Grouped bars, one panel per model and metric (wall and kernel ms): one group per (atoms, dtype, mode), one
+    bar per backend."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return print("matplotlib missing: no plot")
-    groups = list(dict.fromkeys((r["model"], r["atoms"], r["dtype"], r["mode"]) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    value = {((r["model"], r["atoms"], r["dtype"], r["mode"]), r["backend"]): r for r in rows}
+    value = {(r["model"], r["atoms"], r["dtype"], r["mode"], r["backend"]): r for r in rows}
     metrics = [("wall_ms", "wall ms / step")] + ([("kernel_ms", "GPU kernel ms / step")]
                                                   if any(r.get("kernel_ms") for r in rows) else [])
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 1.1 * len(groups) + 2), 3.6 * len(metrics)),
-                             squeeze=False)
-    x, width = np.arange(len(groups)), 0.8 / len(backends)
-    for ax, (key, label) in zip(axes[:, 0], metrics):
-        for j, backend in enumerate(backends):
-            ys = [value.get((g, backend), {}).get(key) for g in groups]
-            ax.bar(x + j * width, [np.nan if y is None else y for y in ys], width, label=backend)
-        ax.set(yscale="log", ylabel=label)
-        ax.set_xticks(x + width * (len(backends) - 1) / 2, [f"{m} {a} {d.replace('float', 'f')} {mode[:5]}"
-                                                            for m, a, d, mode in groups], rotation=30, ha="right",
-                      fontsize=7)
+    most = max(len({(r["atoms"], r["dtype"], r["mode"]) for r in rows if r["model"] == m}) for m in models)
+    fig, axes = plt.subplots(len(models), len(metrics), figsize=(max(6, 0.9 * most + 2) * len(metrics),
+                                                                  3.2 * len(models)), squeeze=False)
+    width = 0.8 / len(backends)
+    for i, model in enumerate(models):
+        groups = list(dict.fromkeys((r["atoms"], r["dtype"], r["mode"]) for r in rows if r["model"] == model))
+        x = np.arange(len(groups))
+        for ax, (key, label) in zip(axes[i], metrics):
+            for j, backend in enumerate(backends):
+                ys = [value.get((model, *g, backend), {}).get(key) for g in groups]
+                ax.bar(x + j * width, [np.nan if y is None else y for y in ys], width, label=backend)
+            ax.set(yscale="log", ylabel=label, title=f"{model} ({ARCHS.get(model, '')})")
+            ax.title.set_fontsize(8)
+            ax.set_xticks(x + width * (len(backends) - 1) / 2, [f"{a} {d.replace('float', 'f')} {mode[:5]}"
+                                                                for a, d, mode in groups], rotation=30, ha="right",
+                          fontsize=7)
     axes[0, 0].legend(fontsize=7)
-    axes[0, 0].set_title(f"MACE energy+forces (inference) and training step: {device}", fontsize=9)
+    fig.suptitle(f"MACE energy+forces (inference) and training step: {device}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
