@@ -62,10 +62,9 @@ class UvuKernels:
     ctype: str
     device: torch.device
     dtype: torch.dtype
-    _backward_atomic: Optional[int] = None
+    _backward_variants: Optional[Dict[Tuple[bool, bool], int]] = None
     _double_backward: Optional[Dict[tuple, int]] = None
     _radial: Optional[Dict[tuple, int]] = None
-    _backward_gw_add: Optional[Dict[bool, int]] = None
 
     def radial(self, hidden: int, alpha: float) -> int:
         """The forward with the radial layer inside, for its input size and scale (compiled on first use)."""
@@ -83,25 +82,25 @@ class UvuKernels:
         itemsize = torch.finfo(self.dtype).bits // 8
         return _uvu_codegen.outputs_per_thread(self.spec.instructions) <= _uvu_codegen.MAX_FUSED_DBL_OUT[itemsize]
 
+    def backward_variant(self, g1_atomic: bool, gw_add: bool = False) -> int:
+        """The backward with the input-1 gradient added at the senders with atomics (``g1_atomic``) or written per
+        edge, and its weight gradient added into a given tensor (``gw_add``: ``backward_into``) or written.
+        ``backward`` is the (False, False) one, compiled with the forward; the others compile on first use."""
+        if not (g1_atomic or gw_add):
+            return self.backward
+        if self._backward_variants is None:
+            self._backward_variants = {}
+        key = (g1_atomic, gw_add)
+        if key not in self._backward_variants:
+            blocks = min_blocks(self.spec, BACKWARD_MIN_BLOCKS[(self.dtype, g1_atomic)])
+            source = _uvu_codegen.backward_source(self.spec, self.ctype, g1_atomic, blocks, gw_add=gw_add)
+            self._backward_variants[key] = _compile(source, "bm_uvu_bwd", self.device)
+        return self._backward_variants[key]
+
     @property
     def backward_atomic(self) -> int:
-        """The backward that adds the input-1 gradient at each sender with atomics (compiled on first use)."""
-        if self._backward_atomic is None:
-            source = _uvu_codegen.backward_source(self.spec, self.ctype, True,
-                                                  min_blocks(self.spec, BACKWARD_MIN_BLOCKS[(self.dtype, True)]))
-            self._backward_atomic = _compile(source, "bm_uvu_bwd", self.device)
-        return self._backward_atomic
-
-    def backward_gw_add(self, g1_atomic: bool) -> int:
-        """The backward that adds its weight gradient into a given tensor (``backward_into``), with the input-1
-        gradient added at the senders (``g1_atomic``) or written per edge; compiled on first use."""
-        if self._backward_gw_add is None:
-            self._backward_gw_add = {}
-        if g1_atomic not in self._backward_gw_add:
-            blocks = min_blocks(self.spec, BACKWARD_MIN_BLOCKS[(self.dtype, g1_atomic)])
-            source = _uvu_codegen.backward_source(self.spec, self.ctype, g1_atomic, blocks, gw_add=True)
-            self._backward_gw_add[g1_atomic] = _compile(source, "bm_uvu_bwd", self.device)
-        return self._backward_gw_add[g1_atomic]
+        """The backward that adds the input-1 gradient at each sender with atomics."""
+        return self.backward_variant(True)
 
     def double_backward(self, has: Tuple[bool, bool, bool], da_atomic: bool) -> int:
         """The fused double backward for the cotangents present (``has``), compiled on first use."""
@@ -201,19 +200,10 @@ def backward_atomic_g1(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor
     over the block's warps, with atomics: ``(grad_in1 [n_nodes, dim1], grad_in2 [n_edges, dim2],
     grad_weight [n_edges, weight_numel])``. No ``[n_edges, dim1]`` buffer (350 MB at MACE-MP-medium, 170k
     edges, float32), no ``[n_edges, warps, dim2]`` partial sums (44 MB) and no segment sum."""
-    dim1, dim2, dim_out, weight_numel = k.spec.dims
-    n_nodes, n_edges = in1.shape[0], in2.shape[0]
-    g1 = in1.new_zeros(n_nodes, dim1)  # [n_nodes, dim1], added into
-    g2 = None
-    if needs[1]:  # [n_edges, dim2], added into by each warp; one warp writes its sums
-        g2 = in1.new_zeros(n_edges, dim2) if k.spec.warps > 1 else in1.new_empty(n_edges, dim2)
-    gw = in1.new_empty(n_edges, weight_numel) if needs[2] else None  # [n_edges, weight_numel]
-    if n_nodes and n_edges:
-        _jit.launch(k.backward_atomic, min(n_nodes, _jit.MAX_GRID), k.spec.threads,
-                    [grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(), order, send,
-                     row_ptr, g1, g2, gw], [n_nodes])
+    gw = in1.new_empty(in2.shape[0], k.spec.dims[3]) if needs[2] else None  # [n_edges, weight_numel], written
+    g1, g2 = _backward_by_receiver(k, True, False, gw, grad_out, in1, in2, weight, order, send, row_ptr, needs)
     # distinct empty placeholders: a custom op's outputs may not alias each other
-    return g1, g2 if needs[1] else in1.new_empty(0), gw if needs[2] else in1.new_empty(0)
+    return tuple(in1.new_empty(0) if t is None else t for t in (g1, g2, gw))
 
 
 def backward_into(k: UvuKernels, weight_grad: Tensor, grad_out: Tensor, in1: Tensor, in2: Tensor, weight: Tensor,
@@ -221,27 +211,37 @@ def backward_into(k: UvuKernels, weight_grad: Tensor, grad_out: Tensor, in1: Ten
                   g1_atomic: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """The backward with its weight gradient added into ``weight_grad [n_edges, weight_numel]`` (the composed double
     backward's second weight-gradient term, without a second buffer of that size: 4.2 GB at MACE-MP-large's second
-    convolution, 170k edges, float64). Returns ``(grad_in1, grad_in2)``, None where not needed: ``grad_in1
-    [n_nodes, dim1]`` added at the senders (``g1_atomic``) or ``[n_edges, dim1]`` per edge, ``grad_in2 [n_edges,
-    dim2]``."""
-    dim1, dim2, dim_out, weight_numel = k.spec.dims
-    n_nodes, n_edges = in1.shape[0], in2.shape[0]
+    convolution, 170k edges, float64). Returns ``(grad_in1, grad_in2)`` as ``_backward_by_receiver``."""
+    n_edges, weight_numel = in2.shape[0], k.spec.dims[3]
     if weight_grad.shape != (n_edges, weight_numel) or weight_grad.dtype != in1.dtype or not weight_grad.is_contiguous():
         raise ValueError(f"weight_grad must be a contiguous [{n_edges}, {weight_numel}] {in1.dtype} tensor, got "
                          f"{tuple(weight_grad.shape)} {weight_grad.dtype}")
+    return _backward_by_receiver(k, g1_atomic, True, weight_grad if needs[2] else None, grad_out, in1, in2, weight,
+                                 order, send, row_ptr, needs)
+
+
+def _backward_by_receiver(k: UvuKernels, g1_atomic: bool, gw_add: bool, gw: Optional[Tensor], grad_out: Tensor,
+                          in1: Tensor, in2: Tensor, weight: Tensor, order: Optional[Tensor], send: Tensor,
+                          row_ptr: Tensor, needs: List[bool]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Launch ``k.backward_variant(g1_atomic, gw_add)`` (a block per receiver) with the buffers its mode fills, the
+    weight gradient into the given ``gw [n_edges, weight_numel]`` (or None). Returns ``(grad_in1, grad_in2)``,
+    None where not needed: ``grad_in1 [n_nodes, dim1]`` added at the senders (``g1_atomic``) or ``[n_edges, dim1]``
+    per edge, and ``grad_in2 [n_edges, dim2]``."""
+    dim1, dim2 = k.spec.dims[:2]
+    n_nodes, n_edges = in1.shape[0], in2.shape[0]
     g1 = g2 = None
     if needs[0]:  # [n_nodes, dim1] added into, or [n_edges, dim1] written (zeroed where the kernel skips columns)
         g1 = in1.new_zeros(n_nodes, dim1) if g1_atomic else (
             in1.new_empty if k.spec.in1_covered else in1.new_zeros)(n_edges, dim1)
-    if needs[1]:  # [n_edges, dim2] added into by the warps, or per-warp partial sums [n_edges, warps, dim2]
+    if needs[1]:  # [n_edges, dim2] added into by the warps (one warp writes its sums), or [n_edges, warps, dim2]
         g2 = (in1.new_zeros(n_edges, dim2) if k.spec.warps > 1 else in1.new_empty(n_edges, dim2)) if g1_atomic \
             else in1.new_empty(n_edges, k.spec.warps, dim2)
     if n_nodes and n_edges:
-        _jit.launch(k.backward_gw_add(g1_atomic), min(n_nodes, _jit.MAX_GRID), k.spec.threads,
+        _jit.launch(k.backward_variant(g1_atomic, gw_add), min(n_nodes, _jit.MAX_GRID), k.spec.threads,
                     [grad_out.contiguous(), in1.contiguous(), in2.contiguous(), weight.contiguous(), order, send,
-                     row_ptr, g1, g2, weight_grad if needs[2] else None], [n_nodes])
+                     row_ptr, g1, g2, gw], [n_nodes])
     if g2 is not None and not g1_atomic:
-        g2 = g2.sum(1)  # [n_edges, dim2], added in a fixed order
+        g2 = g2.sum(1)  # [n_edges, dim2], the warps' partial sums added in a fixed order
     return g1, g2
 
 

@@ -146,3 +146,33 @@ def test_backward_into_adds_the_weight_gradient(needs, g1_atomic, dtype, tmp_pat
     with pytest.raises(ValueError, match="weight_grad must be"):
         _uvu.backward_into(kernels, weight_grad[:, 1:], *(t.to(dtype) for t in (grad_out, a, b, c)), order, send,
                            row_ptr, needs, g1_atomic)
+
+
+@pytest.mark.parametrize("needs", [[True, False, True], [True, True, False], [True, True, True]],
+                         ids=["node+weight", "node+edge", "all"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_backward_atomic_g1_matches_the_reference(needs, dtype, tmp_path, monkeypatch):
+    """``_uvu.backward_atomic_g1`` (the convolution's atomic-mode backward) on its generated kernel, emulated: the
+    node gradient added at the senders, the weight gradient written, and an empty placeholder where not needed."""
+    emulator = Emulator(tmp_path)
+    monkeypatch.setattr(_uvu, "_compile", emulator.compile)
+    monkeypatch.setattr(_jit, "launch", emulator.launch)
+    plan = scaled(MACE_PROBLEMS[1], 3).plan()
+    spec, reason = _uvu_codegen.uvu_spec(plan.plan_list, plan.cg_list, True, torch.finfo(dtype).bits // 8)
+    assert spec is not None, reason
+    kernels = _uvu.UvuKernels(spec, 0, 0, "float" if dtype == torch.float32 else "double", torch.device("cpu"), dtype)
+    dim1, dim2, dim_out, wnumel = spec.dims
+    generator = torch.Generator().manual_seed(6)
+    grad_out, a, b, c = (torch.randn(shape, generator=generator, dtype=torch.float64) for shape in (
+        (N_NODES, dim_out), (N_NODES, dim1), (N_EDGES, dim2), (N_EDGES, wnumel)))
+    sender, receiver, order, send, row_ptr = _graph(6)
+    got = _uvu.backward_atomic_g1(kernels, *(t.to(dtype) for t in (grad_out, a, b, c)), order, send, row_ptr, needs)
+    expected = reference.conv_backward(grad_out, a, b, c, sender, receiver, plan.plan_list, plan.cg_list, needs)
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-5
+    for name, need, x, want in zip(("node", "edge", "weight"), needs, got, expected):
+        if not need:
+            assert x.numel() == 0, name
+            continue
+        assert x.dtype == dtype and x.shape == want.shape, name
+        scale = max(want.abs().max().item(), 1.0)
+        assert (x.double() - want).abs().max().item() <= tolerance * scale, name
