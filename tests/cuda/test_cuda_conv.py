@@ -140,8 +140,12 @@ def test_gradcheck_float64(deterministic):
     def fn(node_feats, edge_attrs, weight):
         return conv(node_feats, edge_attrs, weight, sender, receiver, None, plan.plan_list, plan.cg_list, deterministic)
 
-    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
-    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
+    # the atomic mode's sums vary in their last bits from run to run (README; csrc/README.md run 13: 1 of 200
+    # repeated backwards differed, by 1.8e-15), which gradcheck's reentrancy check (backward run twice) sees at a
+    # tolerance of 0; the deterministic mode is held to 0. The gradients' check against finite differences is the same.
+    nondet_tol = 0.0 if deterministic else 1e-12
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True, nondet_tol=nondet_tol)
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True, nondet_tol=nondet_tol)
 
 
 def _first_derivatives(fn, inputs, grad_out):
