@@ -111,6 +111,18 @@ def test_fused_double_backward_matches_the_composed_one(problem, has, dtype, fol
         assert not got[0][N_NODES - 1].any() and not got[1][N_NODES - 1].any(), "the isolated node got a value"
 
 
+def _emulated_kernels(dtype, tmp_path, monkeypatch):
+    """``(plan, UvuKernels)`` of a MACE problem whose kernels compile and launch on the CPU emulator."""
+    emulator = Emulator(tmp_path)
+    monkeypatch.setattr(_uvu, "_compile", emulator.compile)
+    monkeypatch.setattr(_jit, "launch", emulator.launch)
+    plan = scaled(MACE_PROBLEMS[1], 3).plan()
+    spec, reason = _uvu_codegen.uvu_spec(plan.plan_list, plan.cg_list, True, torch.finfo(dtype).bits // 8)
+    assert spec is not None, reason
+    ctype = "float" if dtype == torch.float32 else "double"
+    return plan, _uvu.UvuKernels(spec, 0, 0, ctype, torch.device("cpu"), dtype)
+
+
 @pytest.mark.parametrize("needs", [[True, False, True], [True, True, True]], ids=["node+weight", "all"])
 @pytest.mark.parametrize("g1_atomic", [True, False], ids=["atomic", "per-edge"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -118,14 +130,8 @@ def test_backward_into_adds_the_weight_gradient(needs, g1_atomic, dtype, tmp_pat
     """``_uvu.backward_into`` (a composed double backward's second weight-gradient term) on its generated kernel,
     emulated on the CPU (the block's threads, warp shuffles, atomics): the weight gradient added to what the buffer
     held, the input gradients as the reference's."""
-    emulator = Emulator(tmp_path)
-    monkeypatch.setattr(_uvu, "_compile", emulator.compile)
-    monkeypatch.setattr(_jit, "launch", emulator.launch)
-    plan = scaled(MACE_PROBLEMS[1], 3).plan()
-    spec, reason = _uvu_codegen.uvu_spec(plan.plan_list, plan.cg_list, True, torch.finfo(dtype).bits // 8)
-    assert spec is not None, reason
-    kernels = _uvu.UvuKernels(spec, 0, 0, "float" if dtype == torch.float32 else "double", torch.device("cpu"), dtype)
-    dim1, dim2, dim_out, wnumel = spec.dims
+    plan, kernels = _emulated_kernels(dtype, tmp_path, monkeypatch)
+    dim1, dim2, dim_out, wnumel = kernels.spec.dims
     generator = torch.Generator().manual_seed(5)
     grad_out, a, b, c, held = (torch.randn(shape, generator=generator, dtype=torch.float64) for shape in (
         (N_NODES, dim_out), (N_NODES, dim1), (N_EDGES, dim2), (N_EDGES, wnumel), (N_EDGES, wnumel)))
@@ -154,14 +160,8 @@ def test_backward_into_adds_the_weight_gradient(needs, g1_atomic, dtype, tmp_pat
 def test_backward_atomic_g1_matches_the_reference(needs, dtype, tmp_path, monkeypatch):
     """``_uvu.backward_atomic_g1`` (the convolution's atomic-mode backward) on its generated kernel, emulated: the
     node gradient added at the senders, the weight gradient written, and an empty placeholder where not needed."""
-    emulator = Emulator(tmp_path)
-    monkeypatch.setattr(_uvu, "_compile", emulator.compile)
-    monkeypatch.setattr(_jit, "launch", emulator.launch)
-    plan = scaled(MACE_PROBLEMS[1], 3).plan()
-    spec, reason = _uvu_codegen.uvu_spec(plan.plan_list, plan.cg_list, True, torch.finfo(dtype).bits // 8)
-    assert spec is not None, reason
-    kernels = _uvu.UvuKernels(spec, 0, 0, "float" if dtype == torch.float32 else "double", torch.device("cpu"), dtype)
-    dim1, dim2, dim_out, wnumel = spec.dims
+    plan, kernels = _emulated_kernels(dtype, tmp_path, monkeypatch)
+    dim1, dim2, dim_out, wnumel = kernels.spec.dims
     generator = torch.Generator().manual_seed(6)
     grad_out, a, b, c = (torch.randn(shape, generator=generator, dtype=torch.float64) for shape in (
         (N_NODES, dim_out), (N_NODES, dim1), (N_EDGES, dim2), (N_EDGES, wnumel)))
