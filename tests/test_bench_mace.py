@@ -62,6 +62,24 @@ def test_top_kernels_sums_by_name():
     assert bench._top(events, count=1) == [["gemm", 3.5, 2]]
 
 
+def test_gpu_work_leaves_out_annotated_ranges():
+    """An annotated range's GPU-side span (the optimizer step's) is not a kernel: its kernels count on their own."""
+    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cuda, cpu = bench.DeviceType.CUDA, bench.DeviceType.CPU
+
+    class Event:  # the fields of torch.profiler's FunctionEvent that gpu_work reads
+        def __init__(self, name, device_type, is_user_annotation=False):
+            self.name, self.device_type, self.is_user_annotation = name, device_type, is_user_annotation
+
+    events = [Event("bm_uvu_fwd", cuda), Event("Optimizer.step#Adam.step", cuda, True), Event("Memcpy HtoD", cuda),
+              Event("multi_tensor_apply_kernel", cuda), Event("aten::mm", cpu), Event("Memset (Device)", cuda)]
+    kernels, copies = bench.gpu_work(events)
+    assert [e.name for e in kernels] == ["bm_uvu_fwd", "multi_tensor_apply_kernel"]
+    assert [e.name for e in copies] == ["Memcpy HtoD", "Memset (Device)"]
+
+
 def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
     """An allocation failure, also re-raised by TorchScript's interpreter as a RuntimeError (e3nn's reference at
     MACE-MP-large, 19,683 atoms, float64 on an H200 ended the whole run that way), gives no reference and an "oom"
