@@ -199,7 +199,8 @@ def backward_atomic_g1(k: UvuKernels, grad_out: Tensor, in1: Tensor, in2: Tensor
     """The convolution's backward with the input-1 gradient summed by sender, and the harmonics' gradient
     over the block's warps, with atomics: ``(grad_in1 [n_nodes, dim1], grad_in2 [n_edges, dim2],
     grad_weight [n_edges, weight_numel])``. No ``[n_edges, dim1]`` buffer (350 MB at MACE-MP-medium, 170k
-    edges, float32), no ``[n_edges, warps, dim2]`` partial sums (44 MB) and no segment sum."""
+    edges, float32), no ``[n_edges, warps, dim2]`` partial sums (44 MB) and no segment sum. An output not in
+    ``needs`` is an empty placeholder."""
     gw = in1.new_empty(in2.shape[0], k.spec.dims[3]) if needs[2] else None  # [n_edges, weight_numel], written
     g1, g2 = _backward_by_receiver(k, True, False, gw, grad_out, in1, in2, weight, order, send, row_ptr, needs)
     # distinct empty placeholders: a custom op's outputs may not alias each other

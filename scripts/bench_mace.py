@@ -202,7 +202,7 @@ def measure(step, device, warmup, repeats):
 def gpu_work(events):
     """``(kernels, copies)`` among a profile's events: what ran on the GPU, memcpy and memset apart. Not the
     GPU-side spans of annotated ranges (``Optimizer.step#Adam.step``, ``record_function``): they cover kernels
-    that are counted on their own, and the gaps between them (grid run of 2026-12-02: 0.5-1.0 ms a training step
+    that are counted on their own, and the gaps between them (grid run of 2026-12-02: 0.5-1.2 ms a training step
     in every backend's kernel time)."""
     on_gpu = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     copies = [e for e in on_gpu if e.name.startswith(("Memcpy", "Memset"))]
@@ -342,7 +342,8 @@ def plot(rows, device, path):
             for j, backend in enumerate(backends):
                 ys = [value.get((model, *g, backend), {}).get(key) for g in groups]
                 ax.bar(x + j * width, [np.nan if y is None else y for y in ys], width, label=backend)
-            ax.set(yscale="log", ylabel=label, title=f"{model} ({ARCHS.get(model, '')})")
+            ax.set(yscale="log", ylabel=label, title=f"{model} ({ARCHS.get(model, '')})",
+                   xlim=(-width, len(groups) - 1 + len(backends) * width))  # NaN bars (oom) do not size the axis
             ax.title.set_fontsize(8)
             ax.set_xticks(x + width * (len(backends) - 1) / 2, [f"{a} {d.replace('float', 'f')} {mode[:5]}"
                                                                 for a, d, mode in groups], rotation=30, ha="right",
