@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue #5's grid (scripts/bench_mace.py) on the GPU machine as several device commands, one run of one code
+# (see ../shared/gpu/README.md for .whl/). Each command resumes the file of the one before:
+#   RESUME=path/bench_mace_grid.json MODELS=small,medium DTYPES=float32,float64 bash scripts/gpu_grid.sh
+# copies RESUME (if given) to $OUT/bench_mace_grid.json, measures the rows it lacks until LIMIT seconds after the
+# start (default 585: a device command may run 600 s), and leaves the file in $OUT: copy it back here and pass
+# it as RESUME to the next command. bench_mace keeps the file's rows only if the same code (source digest),
+# device and versions wrote them. TEST=1 runs tests/cuda/test_cuda_uvu.py first. The kernels' cache is
+# unpacked from .whl/batmobile_nn_cache.tar.gz when there, and packed into $OUT when not.
+t0=$(date +%s)
+source .whl/setup.sh || exit 1
+set -o pipefail
+OUT=${OUT:-/tmp/out}
+export BATMOBILE_NN_CACHE=/tmp/batmobile_nn_cache MAX_JOBS=16
+mkdir -p "$BATMOBILE_NN_CACHE"
+if [ -f .whl/batmobile_nn_cache.tar.gz ] && [ ! -e "$BATMOBILE_NN_CACHE/.unpacked" ]; then
+  tar -C "$BATMOBILE_NN_CACHE" -xzf .whl/batmobile_nn_cache.tar.gz && touch "$BATMOBILE_NN_CACHE/.unpacked"
+fi
+rm -f "$OUT/pip-install.log" "$OUT/oeq-build.log"  # setup.sh's logs: the device tool returns few files
+[ -n "${RESUME:-}" ] && cp "$RESUME" "$OUT/bench_mace_grid.json"
+if [ -n "${TEST:-}" ]; then
+  echo "=== test ($(date +%T))"
+  timeout 240 python3 -m pytest -m cuda -q tests/cuda/test_cuda_uvu.py -p no:cacheprovider --timeout 200 -rf \
+      -n 8 -W ignore 2>&1 | tail -15 | tee "$OUT/test.log"
+fi
+left=$(( ${LIMIT:-585} - ($(date +%s) - t0) - 25 ))  # 25 s for the cache's tar and the transfer
+echo "=== grid ($(date +%T)), ${left} s"
+timeout "$left" python3 scripts/bench_mace.py --models "${MODELS:-small,medium,large}" \
+    --dtypes "${DTYPES:-float32,float64}" --atoms "${ATOMS:-1000,4913,19683}" --backends "${BACKENDS:-e3nn,cueq,oeq,batmobile}" \
+    --modes inference,train --out "$OUT/bench_mace_grid.json" --png none --resume 2>&1 | grep -v -i warn | cut -c1-260 \
+    | tee "$OUT/grid.log"
+built=$(cd "$BATMOBILE_NN_CACHE" && ls -d */*.so jit/*.cubin 2>/dev/null)
+if [ ! -f .whl/batmobile_nn_cache.tar.gz ] && [ -n "$built" ]; then
+  (cd "$BATMOBILE_NN_CACHE" && tar -czf "$OUT/batmobile_nn_cache.tar.gz" $built)
+fi
+echo "=== done ($(date +%T)), $(( $(date +%s) - t0 )) s"
