@@ -6,13 +6,7 @@
 #   bash scripts/gpu_check.sh
 # Logs go to $OUT (the device tool's folder; /tmp/out elsewhere); the built extension is tarred into
 # $OUT/batmobile_nn_cache.tar.gz: copy it into .whl/ here and the next run skips the build.
-source .whl/setup.sh || exit 1
-set -o pipefail
-OUT=${OUT:-/tmp/out}
-export BATMOBILE_NN_CACHE=/tmp/batmobile_nn_cache MAX_JOBS=${MAX_JOBS:-16}
-mkdir -p "$BATMOBILE_NN_CACHE"
-[ -f .whl/batmobile_nn_cache.tar.gz ] && tar -C "$BATMOBILE_NN_CACHE" -xzf .whl/batmobile_nn_cache.tar.gz
-rm -f "$OUT/pip-install.log" "$OUT/oeq-build.log"  # setup.sh's logs: the tool returns 8 files at most
+source scripts/gpu_env.sh
 
 echo "=== build ($(date +%T))"
 start=$(date +%s)

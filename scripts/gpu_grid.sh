@@ -8,15 +8,7 @@
 # device and versions wrote them. TEST=1 runs tests/cuda/test_cuda_uvu.py first. The kernels' cache is
 # unpacked from .whl/batmobile_nn_cache.tar.gz when there, and packed into $OUT when not.
 t0=$(date +%s)
-source .whl/setup.sh || exit 1
-set -o pipefail
-OUT=${OUT:-/tmp/out}
-export BATMOBILE_NN_CACHE=/tmp/batmobile_nn_cache MAX_JOBS=16
-mkdir -p "$BATMOBILE_NN_CACHE"
-if [ -f .whl/batmobile_nn_cache.tar.gz ] && [ ! -e "$BATMOBILE_NN_CACHE/.unpacked" ]; then
-  tar -C "$BATMOBILE_NN_CACHE" -xzf .whl/batmobile_nn_cache.tar.gz && touch "$BATMOBILE_NN_CACHE/.unpacked"
-fi
-rm -f "$OUT/pip-install.log" "$OUT/oeq-build.log"  # setup.sh's logs: the device tool returns few files
+source scripts/gpu_env.sh
 [ -n "${RESUME:-}" ] && cp "$RESUME" "$OUT/bench_mace_grid.json"
 if [ -n "${TEST:-}" ]; then
   echo "=== test ($(date +%T))"
