@@ -6,8 +6,10 @@ small 64x0e+64x1o, medium 128x0e+128x1o, large 128x0e+128x1o+128x2e. Structures:
 cells (1,000 / 4,913 / 19,683 atoms; lattice 4.80 A, rattle 0.15 A: ~35 neighbours within 6 A, as in
 ../shared/PERFORMANCE.md), batched as mace's calculator does (config_from_atoms -> AtomicData.from_config -> Batch).
 Backends on the same weights and graph: e3nn (stock), cueq (mace.cli.convert_e3nn_cueq.run, conv fusion on CUDA), oeq
-(mace.cli.convert_e3nn_oeq.run), batmobile (batmobile_nn.patch of a copy), batmobile-linear (that with the opt-in linear swaps), batmobile-fused
-(patch(fuse_interactions=True): interaction blocks as nn.FusedInteraction, opt-in), batmobile-graphs (that, each inference call
+(mace.cli.convert_e3nn_oeq.run), batmobile (batmobile_nn.patch of a copy: its default fusion, "auto"),
+batmobile-linear (that with the opt-in linear swaps), batmobile-fused (patch(fuse_interactions=True): every
+interaction block as nn.FusedInteraction, always), batmobile-unfused (patch(fuse_interactions=False)),
+batmobile-graphs (that, each inference call
 replayed from a CUDA graph as MACECalculator(cuda_graphs=True) does; CUDA and inference only); one not importable is
 "absent". Parity vs
 e3nn: energy and forces (inference), loss and the first step's gradients of same-named parameters (train); beyond
@@ -51,7 +53,7 @@ from torch.profiler import ProfilerActivity, profile
 
 ARCHS = {"small": "64x0e+64x1o", "medium": "128x0e+128x1o", "large": "128x0e+128x1o+128x2e", "quick": "8x0e+8x1o"}
 BACKENDS, MODES, DTYPES = ("e3nn", "cueq", "oeq", "batmobile", "batmobile-linear", "batmobile-fused",
-                          "batmobile-graphs"), ("inference", "train"), {
+                          "batmobile-unfused", "batmobile-graphs"), ("inference", "train"), {
     "float32": torch.float32, "float64": torch.float64}
 R_MAX, LATTICE, RATTLE, Z_TABLE = 6.0, 4.80, 0.15, list(range(1, 90))  # MACE-MP: 89 elements, H..Ac
 TOLERANCE = {torch.float32: 5e-4, torch.float64: 1e-8}  # relative: max |got - e3nn| / max |e3nn|
@@ -115,8 +117,8 @@ def make_backend(name, base, device):
         finally:
             for swap in swaps:
                 unregister_swap(swap)
-    if name == "batmobile-fused":  # patch(fuse_interactions=True): interaction blocks as nn.FusedInteraction (opt-in)
-        return batmobile_nn.patch(copy.deepcopy(base), fuse_interactions=True)
+    if name in ("batmobile-fused", "batmobile-unfused"):  # patch's other fusions than its default ("auto")
+        return batmobile_nn.patch(copy.deepcopy(base), fuse_interactions=name == "batmobile-fused")
     if name == "batmobile-graphs":  # the calculator's cuda_graphs=True: the whole call replayed from a CUDA graph
         if device.type != "cuda":
             raise Absent("absent: CUDA graphs need CUDA")

@@ -18,9 +18,9 @@ SCRIPT = ROOT / "scripts" / "bench_mace.py"
 def test_bench_mace_quick(tmp_path):
     out = tmp_path / "bench_mace.json"
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--backends",
-                           "e3nn,batmobile,batmobile-linear,batmobile-fused,batmobile-graphs"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=240)
+    backends = "e3nn,batmobile,batmobile-linear,batmobile-fused,batmobile-unfused,batmobile-graphs"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--backends", backends],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["device"].startswith("cpu") and result["versions"]["mace-torch"] and result["versions"]["torch"]
@@ -29,7 +29,8 @@ def test_bench_mace_quick(tmp_path):
     graphs = [r for r in result["rows"] if r["backend"] == "batmobile-graphs"]
     assert [r["status"] for r in graphs] == ["absent: CUDA graphs need CUDA"] * 2  # a row each mode, not timed
     rows = {(r["backend"], r["mode"]): r for r in result["rows"] if r["backend"] != "batmobile-graphs"}
-    assert set(rows) == {(b, m) for b in ("e3nn", "batmobile", "batmobile-linear", "batmobile-fused") for m in ("inference", "train")}
+    assert set(rows) == {(b, m) for b in ("e3nn", "batmobile", "batmobile-linear", "batmobile-fused",
+                                                          "batmobile-unfused") for m in ("inference", "train")}
     for (backend, mode), row in rows.items():
         assert row["status"] == "ok", (backend, mode, row["status"])
         assert row["dtype"] == "float64" and row["atoms"] == 27 and 30 < row["neighbours_per_atom"] < 40

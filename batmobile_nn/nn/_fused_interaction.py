@@ -6,6 +6,12 @@ with the skip connection ``skip_tp`` before (residual) or after (first layer). H
 under the same names (same ``state_dict``), except that the radial MLP stops before its last layer and
 ``ops.conv_radial`` takes that layer in: what autograd keeps for the backward is the MLP's hidden features
 (``[n_edges, 64]`` at MACE-MP's shape) and not the per-edge weights (``[n_edges, weight_numel]``).
+
+The price is one matrix product more in the backward (the weights are made again). It buys memory only where
+the weights would otherwise be kept: with frozen parameters (inference, MD), where an earlier block's weights
+stay alive until the last block's backward. With trainable parameters the weight gradient needs an
+``[n_edges, weight_numel]`` buffer anyway. So ``fuse_radial="frozen"`` (what ``patch`` uses) takes the fused
+path only when the radial MLP's last weight needs no gradient, and runs the block as mace does otherwise.
 """
 
 from typing import Any, Optional, Tuple
@@ -57,7 +63,9 @@ class FusedInteraction(torch.nn.Module):
     ``forward(node_attrs, node_feats, edge_attrs, edge_feats, edge_index, cutoff=None, ...)`` returns
     ``(message [n_nodes, mul, (l_max + 1) ** 2], sc)`` with ``sc`` the skip connection (residual) or None.
     ``FusedInteraction.from_mace(block)`` converts a built block (its very tensors); the constructor builds
-    one with mace (its instructions and initialization) and converts it.
+    one with mace (its instructions and initialization) and converts it. ``fuse_radial``: "always" (the radial
+    layer in the convolution on every call) or "frozen" (only when the radial MLP's last weight needs no
+    gradient: inference and MD; trainable weights run the radial MLP and then the convolution, as mace does).
 
     >>> from e3nn import o3
     >>> block = FusedInteraction(o3.Irreps("3x0e"), o3.Irreps("8x0e"), o3.Irreps("0e+1o"), o3.Irreps("4x0e"),
@@ -72,13 +80,18 @@ class FusedInteraction(torch.nn.Module):
     _MACE_ATTRIBUTES = ("node_attrs_irreps", "node_feats_irreps", "edge_attrs_irreps", "edge_feats_irreps",
                         "target_irreps", "hidden_irreps", "edge_irreps", "radial_MLP", "irreps_out")
     __jit_ignored_attributes__ = list(_MACE_ATTRIBUTES) + ["_batmobile_block"]
+    FUSE_RADIAL = ("always", "frozen")
     residual: bool
     avg_num_neighbors: float
+    fuse_radial: str
 
     def __init__(self, node_attrs_irreps, node_feats_irreps, edge_attrs_irreps, edge_feats_irreps, target_irreps,
                  hidden_irreps, avg_num_neighbors: float, radial_MLP=None, residual: bool = True, *,
-                 _block: Optional[torch.nn.Module] = None):
+                 fuse_radial: str = "always", _block: Optional[torch.nn.Module] = None):
         super().__init__()
+        if fuse_radial not in self.FUSE_RADIAL:
+            raise ValueError(f"FusedInteraction: fuse_radial must be one of {self.FUSE_RADIAL}, got {fuse_radial!r}")
+        self.fuse_radial = fuse_radial
         if _block is None:
             residual_class, first_class = _block_classes()
             _block = (residual_class if residual else first_class)(
@@ -90,44 +103,72 @@ class FusedInteraction(torch.nn.Module):
         self.residual = type(_block) is _block_classes()[0]
         self.avg_num_neighbors = float(_block.avg_num_neighbors)
         radial, conv = _block.conv_tp_weights, _block.conv_tp
-        # the block's submodules themselves, under their names (the linears and skip as they are, stock or ours)
-        self.linear_up = _block.linear_up
-        self.conv_tp_weights = radial if isinstance(radial, FullyConnectedNet) else FullyConnectedNet.from_e3nn(radial)
-        self.conv_tp = conv if isinstance(conv, EquivariantConv) else EquivariantConv.from_e3nn(conv)
-        self.linear = _block.linear
-        self.skip_tp = _block.skip_tp
-        self.reshape = _block.reshape
+        # the block's submodules themselves, under their names and in its order (the same state_dict and
+        # parameters() order: an optimizer's state saved with one loads into the other); the linears and skip as
+        # they are, stock or ours
+        converted = {"conv_tp": conv if isinstance(conv, EquivariantConv) else EquivariantConv.from_e3nn(conv),
+                     "conv_tp_weights": radial if isinstance(radial, FullyConnectedNet)
+                     else FullyConnectedNet.from_e3nn(radial)}
+        for name, module in _block.named_children():
+            if name in ("linear_up", "conv_tp", "conv_tp_weights", "linear", "skip_tp", "reshape"):
+                self.add_module(name, converted.get(name, module))
         for name in self._MACE_ATTRIBUTES:
             if hasattr(_block, name):
                 setattr(self, name, getattr(_block, name))
 
     @classmethod
-    def from_mace(cls, block: torch.nn.Module) -> "FusedInteraction":
+    def from_mace(cls, block: torch.nn.Module, fuse_radial: str = "always") -> "FusedInteraction":
         """The ``FusedInteraction`` computing what ``block`` computes, holding its tensors (same ``state_dict``)."""
-        return cls(None, None, None, None, None, None, 0.0, _block=block)
+        return cls(None, None, None, None, None, None, 0.0, fuse_radial=fuse_radial, _block=block)
+
+    def radial_fused(self) -> bool:
+        """Whether the next call takes the radial MLP's last layer into the convolution (see ``fuse_radial``)."""
+        if self.fuse_radial == "always":
+            return True
+        return not (torch.is_grad_enabled() and self.conv_tp_weights.last_weight().requires_grad)
 
     def forward(self, node_attrs: Tensor, node_feats: Tensor, edge_attrs: Tensor, edge_feats: Tensor,
                 edge_index: Tensor, cutoff: Optional[Tensor] = None, lammps_class: Optional[Any] = None,
                 lammps_natoms: Tuple[int, int] = (0, 0), first_layer: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """``node_attrs [n_nodes, n_elements]``, ``node_feats [n_nodes, node_feats_irreps.dim]``, ``edge_attrs
         [n_edges, sh.dim]``, ``edge_feats [n_edges, n_radial]``, ``edge_index [2, n_edges]`` (sender, receiver),
-        ``cutoff [n_edges, 1]`` or None. LAMMPS' ghost exchange (``lammps_class``) is not supported."""
+        ``cutoff [n_edges, 1]`` or None. LAMMPS' ghost exchange (``lammps_class``): the block that ``patch``
+        replaced runs it (eager only); a ``FusedInteraction`` built on its own refuses it."""
         if lammps_class is not None:
-            raise NotImplementedError("FusedInteraction does not support LAMMPS' ghost-atom exchange; "
-                                      "unpatch the model (batmobile_nn.unpatch) to run it in LAMMPS")
+            return self._stock_forward(node_attrs, node_feats, edge_attrs, edge_feats, edge_index, cutoff,
+                                       lammps_class, lammps_natoms, first_layer)
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError("edge_index must have shape [2, n_edges], got " + str(list(edge_index.shape)))
         sc: Optional[Tensor] = None
         if self.residual:
             sc = self.skip_tp(node_feats, node_attrs)  # [n_nodes, hidden_irreps.dim]
         node_feats = self.linear_up(node_feats)  # [n_nodes, edge_irreps.dim]
-        hidden = self.conv_tp_weights.hidden(edge_feats)  # [n_edges, radial_MLP[-1]]
-        if cutoff is not None:  # MACE scales the weights by the cutoff: the last layer is linear, so the hidden rows
-            hidden = hidden * cutoff
-        message = conv_radial(node_feats, edge_attrs, hidden, self.conv_tp_weights.last_weight(),
-                              self.conv_tp_weights.last_alpha(), edge_index[0], edge_index[1], None,
-                              self.conv_tp._plan, self.conv_tp._cg, self.conv_tp.deterministic)  # [n_nodes, mid.dim]
+        if self.radial_fused():
+            hidden = self.conv_tp_weights.hidden(edge_feats)  # [n_edges, radial_MLP[-1]]
+            if cutoff is not None:  # MACE scales the weights by the cutoff; the last layer is linear: scale the rows
+                hidden = hidden * cutoff
+            message = conv_radial(node_feats, edge_attrs, hidden, self.conv_tp_weights.last_weight(),
+                                  self.conv_tp_weights.last_alpha(), edge_index[0], edge_index[1], None,
+                                  self.conv_tp._plan, self.conv_tp._cg, self.conv_tp.deterministic)  # [n_nodes, mid]
+        else:
+            tp_weights = self.conv_tp_weights(edge_feats)  # [n_edges, weight_numel]
+            if cutoff is not None:
+                tp_weights = tp_weights * cutoff
+            message = self.conv_tp(node_feats, edge_attrs, tp_weights, edge_index)  # [n_nodes, mid.dim]
         message = self.linear(message) / self.avg_num_neighbors  # [n_nodes, target_irreps.dim]
         if not self.residual:
             message = self.skip_tp(message, node_attrs)
         return self.reshape(message), sc
+
+    @torch.jit.unused
+    def _stock_forward(self, node_attrs: Tensor, node_feats: Tensor, edge_attrs: Tensor, edge_feats: Tensor,
+                       edge_index: Tensor, cutoff: Optional[Tensor], lammps_class: Any, lammps_natoms: Tuple[int, int],
+                       first_layer: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """mace's block (the one ``patch`` replaced, same submodules) for LAMMPS' ghost-atom exchange."""
+        block = getattr(self, "_batmobile_block", None)
+        if block is None:
+            raise NotImplementedError("FusedInteraction does not support LAMMPS' ghost-atom exchange; "
+                                      "unpatch the model (batmobile_nn.unpatch) to run it in LAMMPS")
+        return block(node_attrs=node_attrs, node_feats=node_feats, edge_attrs=edge_attrs, edge_feats=edge_feats,
+                     edge_index=edge_index, cutoff=cutoff, lammps_class=lammps_class, lammps_natoms=lammps_natoms,
+                     first_layer=first_layer)

@@ -12,9 +12,9 @@ model's blocks, ...) subclass ``Swap`` and are added with ``register_swap``.
 from ._registry import Swap, UnsupportedBlockWarning, register_swap, registered_swaps, unregister_swap
 
 
-def patch(model, *, fuse_interactions: bool = False):
+def patch(model, *, fuse_interactions="auto"):
     """``batmobile_nn.patches.mace.patch``: swap a MACE model's e3nn modules in place; returns it
-    (``fuse_interactions=True``: interaction blocks become ``batmobile_nn.nn.FusedInteraction``, opt-in)."""
+    (``fuse_interactions``: which interaction blocks become ``batmobile_nn.nn.FusedInteraction``s)."""
     from . import mace
 
     return mace.patch(model, fuse_interactions=fuse_interactions)

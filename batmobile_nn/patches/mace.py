@@ -27,7 +27,7 @@ symmetric contraction is mace's e3nn module (not cuEquivariance's); in any model
 
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple, Union
 
 import torch
 from mace.modules import blocks as mace_blocks
@@ -92,21 +92,23 @@ FUSABLE_BLOCKS: Tuple[type, ...] = (mace_blocks.RealAgnosticResidualInteractionB
                                     mace_blocks.RealAgnosticInteractionBlock)
 
 
-def patch(model: torch.nn.Module, *, fuse_interactions: bool = False) -> torch.nn.Module:
+def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto") -> torch.nn.Module:
     """Swap the e3nn modules of a MACE model for batmobile_nn's, in place; returns ``model``.
 
     Every registered swap runs on every block it is about (interaction blocks: the convolution; product
     blocks: the symmetric contraction); a block that a swap cannot handle stays stock, with one
     ``UnsupportedBlockWarning`` per block class naming it. Patching a patched model
-    changes nothing. The ``state_dict`` (keys and tensors) is unchanged.
+    changes nothing but the fusion, to the one asked for. The ``state_dict`` (keys and tensors) is unchanged.
 
     Args:
         model: a mace-torch model (``MACE``, ``ScaleShiftMACE``, multi-head, ...), or any module
             containing MACE interaction or product blocks.
-        fuse_interactions: also replace each ``RealAgnosticResidualInteractionBlock`` and
-            ``RealAgnosticInteractionBlock`` by a ``batmobile_nn.nn.FusedInteraction`` holding its modules
-            (the convolution then keeps the radial MLP's hidden features for the backward, not the per-edge
-            weights: ``patches/_fusion.py``). Opt-in: not yet measured on a GPU.
+        fuse_interactions: whether ``RealAgnosticResidualInteractionBlock``s and ``RealAgnosticInteractionBlock``s
+            become ``batmobile_nn.nn.FusedInteraction``s holding their modules, whose convolution keeps the
+            radial MLP's hidden features for the backward instead of the per-edge weights
+            (``patches/_fusion.py``). "auto" (default): every such block but the last, and only while the
+            parameters are frozen (inference, MD: a lower peak); True: every such block, always (named in a
+            warning when one cannot be); False: none.
 
     Returns:
         ``model``, patched.
@@ -114,6 +116,9 @@ def patch(model: torch.nn.Module, *, fuse_interactions: bool = False) -> torch.n
     >>> model = patch(model)  # doctest: +SKIP
     >>> out = model(batch.to_dict(), compute_force=True)  # doctest: +SKIP
     """
+    if fuse_interactions not in _fusion.MODES:
+        raise ValueError(f"batmobile_nn.patch: fuse_interactions must be 'auto', True or False, "
+                         f"got {fuse_interactions!r}")
     unsupported: Dict[str, Dict[str, List[str]]] = {}  # block class -> reason -> block names
     for name, block in _blocks(model):
         for swap in registered_swaps():
@@ -132,9 +137,10 @@ def patch(model: torch.nn.Module, *, fuse_interactions: bool = False) -> torch.n
         details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in reasons.items())
         warnings.warn(f"batmobile_nn.patch: left {class_name} stock ({details})", UnsupportedBlockWarning,
                       stacklevel=2)
-    if fuse_interactions:
-        left = _fusion.fuse(model, FUSABLE_BLOCKS)
-        if left:
+    if _fusion.fused_mode(model) != fuse_interactions:  # patched before with another fusion: this one instead
+        _fusion.defuse(model)
+        left = _fusion.fuse(model, FUSABLE_BLOCKS, fuse_interactions) if fuse_interactions else {}
+        if left and fuse_interactions is True:
             details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in left.items())
             warnings.warn(f"batmobile_nn.patch: interaction blocks not fused ({details})", UnsupportedBlockWarning,
                           stacklevel=2)
@@ -165,7 +171,7 @@ def is_patched(model: torch.nn.Module) -> bool:
     >>> is_patched(patch(model))  # doctest: +SKIP
     True
     """
-    return _fusion.is_fused(model) or any(swap.applies_to(block) and swap.is_patched(block)
+    return bool(_fusion.fused_mode(model)) or any(swap.applies_to(block) and swap.is_patched(block)
                                           for _, block in _blocks(model) for swap in registered_swaps())
 
 
@@ -176,7 +182,7 @@ def unpatched(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     >>> with unpatched(model):  # doctest: +SKIP
     ...     torch.save(model, "stock.model")
     """
-    was_patched, was_fused = is_patched(model), _fusion.is_fused(model)
+    was_patched, was_fused = is_patched(model), _fusion.fused_mode(model)
     unpatch(model)
     try:
         yield model

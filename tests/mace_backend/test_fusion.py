@@ -1,6 +1,7 @@
 """``patch(model, fuse_interactions=True)``: MACE's interaction blocks become ``FusedInteraction``s. Energies,
 forces, stress and a training step's gradients against stock MACE (float64 and float32), the ``state_dict``,
-unpatching (also of copies and pickles), the ``unpatched`` context, and the blocks it leaves alone."""
+unpatching (also of copies and pickles), the ``unpatched`` context, and the blocks it leaves alone. The default,
+``fuse_interactions="auto"``: every block but the last, fused while the parameters are frozen."""
 
 import copy
 import io
@@ -124,6 +125,73 @@ def test_blocks_it_cannot_fuse_are_named(monkeypatch):
     assert _fused_count(model) == 0 and is_patched(model)
 
 
+def _frozen(model):
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # as mace's calculator does
+    return model
+
+
+def test_auto_fuses_all_but_the_last_block_while_frozen(model, stock_model, batch):
+    """The default: the first of MACE's two blocks is a FusedInteraction ("frozen"), the last stays mace's; the
+    fused path runs only with frozen parameters; both ways equal stock MACE (outputs, training gradients)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedBlockWarning)
+        batmobile_nn.patch(model)
+    first, last = model.interactions
+    assert isinstance(first, FusedInteraction) and first.fuse_radial == "frozen"
+    assert type(last).__name__ == "RealAgnosticResidualInteractionBlock"
+    assert list(model.state_dict()) == list(stock_model.state_dict())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in stock_model.named_parameters()]
+    assert not first.radial_fused()  # trainable: mace's order
+    expected, got = _training_gradients(stock_model, batch), _training_gradients(model, batch)
+    for name in expected:
+        scale = max(expected[name].abs().max().item(), 1e-12)
+        assert (got[name] - expected[name]).abs().max().item() / scale < 1e-9, name
+    frozen_stock, frozen = _frozen(copy.deepcopy(stock_model)), _frozen(model)
+    assert first.radial_fused()
+    assert_outputs_close(evaluate(frozen, batch), evaluate(frozen_stock, batch), 1e-10)
+
+
+def test_fusion_modes_switch_and_come_back(model, stock_model, batch):
+    """patch asks for a fusion and gets it, also on a patched model; ``unpatched`` restores the one it had; a mode
+    that is none of "auto", True, False is refused."""
+    batmobile_nn.patch(model)
+    assert _fused_count(model) == 1
+    batmobile_nn.patch(model, fuse_interactions=True)
+    assert _fused_count(model) == 2 and all(block.fuse_radial == "always" for block in model.interactions)
+    batmobile_nn.patch(model, fuse_interactions=False)
+    assert _fused_count(model) == 0 and is_patched(model)
+    assert type(model.interactions[0].conv_tp).__name__ == "EquivariantConv"
+    batmobile_nn.patch(model, fuse_interactions="auto")
+    with unpatched(model):
+        assert _fused_count(model) == 0 and not is_patched(model)
+    assert _fused_count(model) == 1 and model.interactions[0].fuse_radial == "frozen"
+    assert_outputs_close(evaluate(_frozen(model), batch), evaluate(_frozen(copy.deepcopy(stock_model)), batch), 1e-10)
+    with pytest.raises(ValueError, match="fuse_interactions must be 'auto', True or False"):
+        batmobile_nn.patch(model, fuse_interactions="all")
+
+
+def test_lammps_calls_run_the_replaced_block(model, batch):
+    """LAMMPS' ghost-atom exchange (``lammps_class``) goes to the mace block a FusedInteraction replaced (the same
+    submodules); a FusedInteraction built on its own refuses it."""
+    batmobile_nn.patch(model)
+    fused = model.interactions[0]
+    data = batch.to_dict()
+    n_nodes, n_edges = data["positions"].shape[0], data["edge_index"].shape[1]
+    inputs = dict(node_attrs=data["node_attrs"], node_feats=model.node_embedding(data["node_attrs"]),
+                  edge_attrs=torch.randn(n_edges, fused.conv_tp.irreps_in2.dim, dtype=torch.float64),
+                  edge_feats=torch.randn(n_edges, fused.conv_tp_weights.hs[0], dtype=torch.float64),
+                  edge_index=data["edge_index"], lammps_class=object(), lammps_natoms=(n_nodes - 2, 2),
+                  first_layer=True)  # the first layer exchanges nothing; the ghosts' rows are cut
+    expected = fused._batmobile_block(**inputs)[0]
+    got = fused(**inputs)[0]
+    assert got.shape[0] == n_nodes - 2
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    alone = FusedInteraction.from_mace(copy.deepcopy(fused._batmobile_block))
+    with pytest.raises(NotImplementedError, match="LAMMPS"):
+        alone(**inputs)
+
+
 @pytest.mark.cuda
 def test_fused_model_equals_stock_on_the_gpu(stock_model):
     """On the GPU (the convolution's CUDA kernels behind ops.conv_radial): energies, forces, stress, and a training
@@ -139,3 +207,28 @@ def test_fused_model_equals_stock_on_the_gpu(stock_model):
     for name in expected:
         scale = max(expected[name].abs().max().item(), 1e-12)
         assert (got[name] - expected[name]).abs().max().item() / scale < 1e-9, name
+
+
+@pytest.mark.cuda
+def test_auto_fusion_lowers_the_frozen_peak_on_the_gpu():
+    """On the GPU, float64, frozen parameters (MD): the default fusion equals stock MACE, and one energy-and-forces
+    step's peak is lower than unfused by at least half of the first block's weights less its hidden features."""
+    stock = _frozen(build_model(hidden_irreps="32x0e+32x1o", max_ell=3, correlation=2)).to("cuda")
+    batch = make_batch([bulk_structure(seed) for seed in range(16)]).to("cuda")
+    n_edges = batch.edge_index.shape[1]
+    peaks = {}
+    for mode in (False, "auto"):
+        model = batmobile_nn.patch(copy.deepcopy(stock), fuse_interactions=mode)
+        assert _fused_count(model) == (1 if mode else 0)
+        assert_outputs_close(evaluate(model, batch), evaluate(stock, batch), 1e-10)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        evaluate(model, batch)
+        torch.cuda.synchronize()
+        peaks[mode] = torch.cuda.max_memory_allocated() - base
+    first = model.interactions[0]
+    assert first.radial_fused()
+    saved = n_edges * (first.conv_tp.weight_numel - first.conv_tp_weights.hs[-2]) * 8  # bytes
+    assert peaks[False] - peaks["auto"] > saved / 2, (peaks, saved)
+
