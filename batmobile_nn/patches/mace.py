@@ -108,7 +108,9 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
             radial MLP's hidden features for the backward instead of the per-edge weights
             (``patches/_fusion.py``). "auto" (default): every such block but the last, and only while the
             parameters are frozen (inference, MD: a lower peak); True: every such block, always (named in a
-            warning when one cannot be); False: none.
+            warning when one cannot be); False: none. mace's tools that read a model's block classes
+            (``extract_config_mace_model``: its conversions, ``extract_model``) see ``FusedInteraction`` where
+            a block is fused: give them the model inside ``unpatched(model)``, or patch with False.
 
     Returns:
         ``model``, patched.

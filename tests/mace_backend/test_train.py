@@ -28,12 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_mace_args(data: Path, work_dir: Path, name: str = "tiny", epochs: int = 2):
-    """A 2-interaction MACE (4x0e+4x1o, max_ell 2, correlation 2) on 8 four-atom cells, float64."""
+    """A 2-interaction MACE (4x0e+4x1o, max_ell 2, correlation 2, radial MLP [8, 8]: its first block's 12 weights
+    an edge above the MLP's width, where patch's default would fuse it) on 8 four-atom cells, float64."""
     return ["--name", name, "--work_dir", str(work_dir), "--seed", str(SEED),
             "--train_file", str(data / "train.xyz"), "--valid_file", str(data / "valid.xyz"), "--E0s", "average",
             "--model", "MACE", "--hidden_irreps", "4x0e+4x1o", "--r_max", "4.0", "--num_radial_basis", "4",
-            "--max_ell", "2", "--correlation", "2", "--num_interactions", "2", "--batch_size", "2",
-            "--valid_batch_size", "3", "--max_num_epochs", str(epochs), "--forces_weight", "10",
+            "--max_ell", "2", "--correlation", "2", "--num_interactions", "2", "--radial_MLP", "[8, 8]",
+            "--batch_size", "2", "--valid_batch_size", "3", "--max_num_epochs", str(epochs), "--forces_weight", "10",
             "--default_dtype", "float64", "--device", "cpu"]
 
 
@@ -100,8 +101,8 @@ def flagged_run(tiny_data, tmp_path_factory):
     patched_models = []
     real_patch = batmobile_nn.patches.patch
 
-    def spy_patch(model):
-        patched_models.append(real_patch(model))
+    def spy_patch(model, **kwargs):
+        patched_models.append(real_patch(model, **kwargs))
         return patched_models[-1]
 
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -117,6 +118,15 @@ def test_flag_trains_a_patched_model(flagged_run):
     assert batmobile_nn.patches.is_patched(model)  # the live training model stayed patched to the end
     n_fused = sum(isinstance(m, batmobile_nn.nn.EquivariantConv) for m in model.modules())
     assert n_fused == 2  # both interaction blocks
+    # the blocks stay mace's classes (no fusion while training): run_train reads them into the compiled
+    # model's config.yaml
+    assert [type(block).__name__ for block in model.interactions] == ["RealAgnosticInteractionBlock",
+                                                                      "RealAgnosticResidualInteractionBlock"]
+    extra = {"config.yaml": ""}
+    torch.jit.load(work_dir / "tiny_compiled.model", map_location="cpu", _extra_files=extra)
+    config = json.loads(extra["config.yaml"])
+    assert "RealAgnosticInteractionBlock" in config["interaction_cls_first"], config["interaction_cls_first"]
+    assert "RealAgnosticResidualInteractionBlock" in config["interaction_cls"], config["interaction_cls"]
     assert "batmobile_nn: patching" in (work_dir / "logs" / f"tiny_run-{SEED}.log").read_text()
     epochs = {line["epoch"] for line in results(work_dir) if line["mode"] == "opt"}
     assert epochs == {0, 1}
