@@ -253,8 +253,11 @@ def render(folder, link_base=None, png_dir=None):
         device = data.get("device") if isinstance(data, dict) else None
         revision = str(data.get("git_revision") or "")[:7] if isinstance(data, dict) else ""
         notes = [device] if device and device != manifest.get("device") else []
+        digest = str(data.get("source_digest") or "") if isinstance(data, dict) else ""
         if revision and revision != (manifest.get("git") or {}).get("short", "")[:7]:
-            notes.append(f"code {revision}")  # a folder may gather the results of several revisions
+            # a folder may gather the results of several revisions; the source digest names the code that ran
+            # where a GPU machine's copied .git was stale (its revision then is not the code's)
+            notes.append(f"code {revision}" + (f", source digest {digest}" if digest else ""))
         lines += [f"**{name}**" + (f" ({', '.join(notes)})" if notes else ""), ""]
         status = record.get("status")
         if status and status != "ok":

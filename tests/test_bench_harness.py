@@ -196,11 +196,13 @@ def test_results_of_other_revisions_name_their_code(tmp_path):
     table = _table_module()
     row = dict(model="medium", atoms=1000, edges=35000, dtype="float32", mode="inference", status="ok",
                backend="batmobile", wall_ms=20.0, kernel_ms=5.0, peak_memory_bytes=8e8)
-    for name, revision in (("bench_mace", "a78a89a0123"), ("bench_mace_small", "c173e69fff")):
+    for name, revision, digest in (("bench_mace", "a78a89a0123", None), ("bench_mace_small", "c173e69fff", "d1e2")):
         (tmp_path / f"{name}.json").write_text(json.dumps(
-            {"benchmark": "bench_mace", "device": "GPU X", "git_revision": revision, "rows": [row]}))
+            {"benchmark": "bench_mace", "device": "GPU X", "git_revision": revision, "source_digest": digest,
+             "rows": [row]}))
     text = table.render(tmp_path)
-    assert "**bench_mace** (GPU X, code a78a89a)" in text and "**bench_mace_small** (GPU X, code c173e69)" in text
+    assert "**bench_mace** (GPU X, code a78a89a)" in text
+    assert "**bench_mace_small** (GPU X, code c173e69, source digest d1e2)" in text
 
 
 def test_png_dir_may_be_the_results_folder(tmp_path):
