@@ -47,7 +47,7 @@ def finetune(data, work_dir, *extra):
             "--default_dtype", "float32", "--device", "cpu", "--enable_batmobile=True", *extra]
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(batmobile_nn.patches, "patch",
-                            lambda model: patched.append(real_patch(model)) or patched[-1])
+                            lambda model, **kwargs: patched.append(real_patch(model, **kwargs)) or patched[-1])
         assert main(args) == 0
     return patched
 
