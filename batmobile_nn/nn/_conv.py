@@ -7,6 +7,7 @@ from e3nn import o3
 
 from ..o3._tensor_product import TensorProductBase
 from ..ops.conv import conv as _conv
+from ..ops.conv_radial import conv_radial
 
 
 def _stock_coefficients(stock: o3.TensorProduct) -> List[float]:
@@ -67,15 +68,24 @@ class EquivariantConv(TensorProductBase):
     def forward(self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, tp_weights: Optional[torch.Tensor],
                 edge_index: torch.Tensor, sender_perm: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Args: ``node_feats [n_nodes, irreps_in1.dim]``, ``edge_attrs [n_edges, irreps_in2.dim]``,
-        ``tp_weights [n_edges, weight_numel]`` (``[weight_numel]`` when shared, None for internal weights),
-        ``edge_index [2, n_edges]`` int32/int64 (sender, receiver), ``sender_perm [n_edges]`` (optional, the
-        permutation sorting edges by sender).
+        ``tp_weights [n_edges, weight_numel]`` (``[weight_numel]`` when shared, None for internal weights; when
+        ``patch``'s default fusion paired this module with its block's radial MLP, which then deferred its last
+        layer, the MLP's hidden features ``[n_edges, hidden]``), ``edge_index [2, n_edges]`` int32/int64
+        (sender, receiver), ``sender_perm [n_edges]`` (optional, the permutation sorting edges by sender).
 
         Returns: ``[n_nodes, irreps_out.dim]``. Raises ``ValueError`` for bad shapes, dtypes, index ranges,
         or unsorted receivers when ``deterministic``.
         """
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError("edge_index must have shape [2, n_edges], got " + str(list(edge_index.shape)))
+        if not torch.jit.is_scripting():
+            pairing = self.__dict__.get("_paired_radial")  # patches/_fusion.py: the block's radial MLP
+            if pairing is not None and tp_weights is not None and tp_weights.shape[-1] != self.weight_numel:
+                # its hidden features (scaled by MACE's cutoff): the MLP deferred its last layer to here
+                radial = pairing.radial
+                return conv_radial(node_feats, edge_attrs, tp_weights, radial.last_weight(), radial.last_alpha(),
+                                   edge_index[0], edge_index[1], sender_perm, self._plan, self._cg,
+                                   self.deterministic)  # [n_nodes, irreps_out.dim]
         weight = self._get_weights(tp_weights)
         if torch.jit.is_scripting():
             return torch.ops.batmobile.conv(node_feats, edge_attrs, weight, edge_index[0], edge_index[1], sender_perm,

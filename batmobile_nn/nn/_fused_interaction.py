@@ -6,12 +6,9 @@ with the skip connection ``skip_tp`` before (residual) or after (first layer). H
 under the same names (same ``state_dict``), except that the radial MLP stops before its last layer and
 ``ops.conv_radial`` takes that layer in: what autograd keeps for the backward is the MLP's hidden features
 (``[n_edges, 64]`` at MACE-MP's shape) and not the per-edge weights (``[n_edges, weight_numel]``).
-
-The price is one matrix product more in the backward (the weights are made again). It buys memory only where
-the weights would otherwise be kept: with frozen parameters (inference, MD), where an earlier block's weights
-stay alive until the last block's backward. With trainable parameters the weight gradient needs an
-``[n_edges, weight_numel]`` buffer anyway. So ``fuse_radial="frozen"`` (what ``patch`` uses) takes the fused
-path only when the radial MLP's last weight needs no gradient, and runs the block as mace does otherwise.
+The price is one matrix product more in the backward (the weights are made again). ``patch``'s default fusion
+(``patches/_fusion.py``) does the same inside mace's blocks, where and while it lowers the peak;
+``patch(model, fuse_interactions=True)`` puts this module in place of every supported block.
 """
 
 from typing import Any, Optional, Tuple
@@ -63,9 +60,7 @@ class FusedInteraction(torch.nn.Module):
     ``forward(node_attrs, node_feats, edge_attrs, edge_feats, edge_index, cutoff=None, ...)`` returns
     ``(message [n_nodes, mul, (l_max + 1) ** 2], sc)`` with ``sc`` the skip connection (residual) or None.
     ``FusedInteraction.from_mace(block)`` converts a built block (its very tensors); the constructor builds
-    one with mace (its instructions and initialization) and converts it. ``fuse_radial``: "always" (the radial
-    layer in the convolution on every call) or "frozen" (only when the radial MLP's last weight needs no
-    gradient: inference and MD; trainable weights run the radial MLP and then the convolution, as mace does).
+    one with mace (its instructions and initialization) and converts it.
 
     >>> from e3nn import o3
     >>> block = FusedInteraction(o3.Irreps("3x0e"), o3.Irreps("8x0e"), o3.Irreps("0e+1o"), o3.Irreps("4x0e"),
@@ -80,18 +75,13 @@ class FusedInteraction(torch.nn.Module):
     _MACE_ATTRIBUTES = ("node_attrs_irreps", "node_feats_irreps", "edge_attrs_irreps", "edge_feats_irreps",
                         "target_irreps", "hidden_irreps", "edge_irreps", "radial_MLP", "irreps_out")
     __jit_ignored_attributes__ = list(_MACE_ATTRIBUTES) + ["_batmobile_block"]
-    FUSE_RADIAL = ("always", "frozen")
     residual: bool
     avg_num_neighbors: float
-    fuse_radial: str
 
     def __init__(self, node_attrs_irreps, node_feats_irreps, edge_attrs_irreps, edge_feats_irreps, target_irreps,
                  hidden_irreps, avg_num_neighbors: float, radial_MLP=None, residual: bool = True, *,
-                 fuse_radial: str = "always", _block: Optional[torch.nn.Module] = None):
+                 _block: Optional[torch.nn.Module] = None):
         super().__init__()
-        if fuse_radial not in self.FUSE_RADIAL:
-            raise ValueError(f"FusedInteraction: fuse_radial must be one of {self.FUSE_RADIAL}, got {fuse_radial!r}")
-        self.fuse_radial = fuse_radial
         if _block is None:
             residual_class, first_class = _block_classes()
             _block = (residual_class if residual else first_class)(
@@ -117,15 +107,17 @@ class FusedInteraction(torch.nn.Module):
                 setattr(self, name, getattr(_block, name))
 
     @classmethod
-    def from_mace(cls, block: torch.nn.Module, fuse_radial: str = "always") -> "FusedInteraction":
+    def from_mace(cls, block: torch.nn.Module) -> "FusedInteraction":
         """The ``FusedInteraction`` computing what ``block`` computes, holding its tensors (same ``state_dict``)."""
-        return cls(None, None, None, None, None, None, 0.0, fuse_radial=fuse_radial, _block=block)
+        return cls(None, None, None, None, None, None, 0.0, _block=block)
 
-    def radial_fused(self) -> bool:
-        """Whether the next call takes the radial MLP's last layer into the convolution (see ``fuse_radial``)."""
-        if self.fuse_radial == "always":
-            return True
-        return not (torch.is_grad_enabled() and self.conv_tp_weights.last_weight().requires_grad)
+    @torch.jit.unused
+    def sync_attributes(self, block: torch.nn.Module) -> None:
+        """Give ``block`` (mace's, sharing this module's submodules) this module's plain attributes, which may
+        have been set since (mace's fine-tuning sets ``avg_num_neighbors`` on live models)."""
+        for attribute in ("avg_num_neighbors",) + self._MACE_ATTRIBUTES:
+            if hasattr(self, attribute):
+                setattr(block, attribute, getattr(self, attribute))
 
     def forward(self, node_attrs: Tensor, node_feats: Tensor, edge_attrs: Tensor, edge_feats: Tensor,
                 edge_index: Tensor, cutoff: Optional[Tensor] = None, lammps_class: Optional[Any] = None,
@@ -143,18 +135,12 @@ class FusedInteraction(torch.nn.Module):
         if self.residual:
             sc = self.skip_tp(node_feats, node_attrs)  # [n_nodes, hidden_irreps.dim]
         node_feats = self.linear_up(node_feats)  # [n_nodes, edge_irreps.dim]
-        if self.radial_fused():
-            hidden = self.conv_tp_weights.hidden(edge_feats)  # [n_edges, radial_MLP[-1]]
-            if cutoff is not None:  # MACE scales the weights by the cutoff; the last layer is linear: scale the rows
-                hidden = hidden * cutoff
-            message = conv_radial(node_feats, edge_attrs, hidden, self.conv_tp_weights.last_weight(),
-                                  self.conv_tp_weights.last_alpha(), edge_index[0], edge_index[1], None,
-                                  self.conv_tp._plan, self.conv_tp._cg, self.conv_tp.deterministic)  # [n_nodes, mid]
-        else:
-            tp_weights = self.conv_tp_weights(edge_feats)  # [n_edges, weight_numel]
-            if cutoff is not None:
-                tp_weights = tp_weights * cutoff
-            message = self.conv_tp(node_feats, edge_attrs, tp_weights, edge_index)  # [n_nodes, mid.dim]
+        hidden = self.conv_tp_weights.hidden(edge_feats)  # [n_edges, radial_MLP[-1]]
+        if cutoff is not None:  # MACE scales the weights by the cutoff: the last layer is linear, so the hidden rows
+            hidden = hidden * cutoff
+        message = conv_radial(node_feats, edge_attrs, hidden, self.conv_tp_weights.last_weight(),
+                              self.conv_tp_weights.last_alpha(), edge_index[0], edge_index[1], None,
+                              self.conv_tp._plan, self.conv_tp._cg, self.conv_tp.deterministic)  # [n_nodes, mid.dim]
         message = self.linear(message) / self.avg_num_neighbors  # [n_nodes, target_irreps.dim]
         if not self.residual:
             message = self.skip_tp(message, node_attrs)
@@ -169,6 +155,7 @@ class FusedInteraction(torch.nn.Module):
         if block is None:
             raise NotImplementedError("FusedInteraction does not support LAMMPS' ghost-atom exchange; "
                                       "unpatch the model (batmobile_nn.unpatch) to run it in LAMMPS")
+        self.sync_attributes(block)
         return block(node_attrs=node_attrs, node_feats=node_feats, edge_attrs=edge_attrs, edge_feats=edge_feats,
                      edge_index=edge_index, cutoff=cutoff, lammps_class=lammps_class, lammps_natoms=lammps_natoms,
                      first_layer=first_layer)

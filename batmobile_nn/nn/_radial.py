@@ -78,8 +78,11 @@ class FullyConnectedNet(torch.nn.Module):
         return cls(getattr(stock, "hs", []), _stock=stock)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x [..., hs[0]]`` -> ``[..., hs[-1]]``."""
+        """``x [..., hs[0]]`` -> ``[..., hs[-1]]``; ``[..., hs[-2]]`` (all layers but the last) while
+        ``last_layer_deferred()`` (``patch``'s default fusion: the block's convolution applies the last layer)."""
         batch = list(x.shape[:-1])
+        if not torch.jit.is_scripting() and self.last_layer_deferred():
+            return self.hidden(x).reshape(batch + [self.hs[-2]])  # [..., hs[-2]]
         h = self._layers(x.reshape(-1, x.shape[-1]), len(self._acts))  # [n, hs[-1]]
         if self._out_scale != 1.0:
             h = h * self._out_scale
@@ -94,6 +97,14 @@ class FullyConnectedNet(torch.nn.Module):
                 if self._acts[i]:
                     h = torch.nn.functional.silu(h)
         return h
+
+    @torch.jit.unused
+    def last_layer_deferred(self) -> bool:
+        """Whether this call stops before the last layer, which the block's convolution then applies
+        (``patches/_fusion.py`` pairs them): only in eager mode, and while the last layer's weight needs no
+        gradient (inference, MD), where keeping ``[n, hs[-2]]`` instead of ``[n, hs[-1]]`` lowers the peak."""
+        return self.__dict__.get("_last_layer_in_conv") is not None and not (
+            torch.is_grad_enabled() and self.last_weight().requires_grad)
 
     def last_layer_unsupported(self) -> Optional[str]:
         """Why the last layer is not a plain linear map that a convolution can take in (None when it is)."""

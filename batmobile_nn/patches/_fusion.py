@@ -1,19 +1,22 @@
 """The interaction-block fusion: ``patch(model, fuse_interactions="auto" | True | False)``.
 
-After the swaps, supported interaction blocks whose convolution and radial MLP are batmobile_nn's are
-replaced, in their parent (``model.interactions``), by ``batmobile_nn.nn.FusedInteraction``s holding the blocks'
-very submodules (same ``state_dict``); each block rides along unregistered and comes back on unpatch, before
-the swaps are undone. What it changes: the convolution keeps the radial MLP's hidden features for the backward
-instead of the per-edge weights (``ops.conv_radial``), and the backward makes the weights again (one matrix
-product more).
+Both fusions take the radial MLP's last layer into the convolution (``ops.conv_radial``): what autograd keeps
+for the backward is the MLP's hidden features ``[n_edges, hidden]`` instead of the per-edge weights
+``[n_edges, weight_numel]``, and the backward makes the weights again (one matrix product more).
 
-"auto" (``patch``'s default) fuses every block but its parent's last, with ``fuse_radial="frozen"``, where the
-block's ``weight_numel`` is above the radial MLP's hidden width (MACE-MP: 256 or 512 against 64). The peak of an
-energy-and-forces step is the last block's convolution backward, with every earlier block's weights alive
-(by ``torch.cuda.memory`` traces on an H200: MACE-MP-medium at 1,000 atoms, float32); fusing an earlier block
-frees its weights and keeps its hidden features instead, fusing the last one only adds its matrix product. With
-trainable weights nothing is fused, since the weight gradient needs the buffer anyway
-(``nn/_fused_interaction.py``). True fuses every block, always.
+"auto" (``patch``'s default) pairs, in every block but its parent's last, the block's radial MLP
+(``nn.FullyConnectedNet``) with its convolution (``nn.EquivariantConv``); the block stays mace's, with mace's
+forward. While the MLP's last weight needs no gradient (inference, MD) and not under TorchScript, the MLP
+stops before its last layer and the convolution applies it; otherwise both compute as unpaired. Only where
+``weight_numel`` is above the MLP's hidden width (MACE-MP's first block: 512 against 64). Why these blocks: an
+energy-and-forces step peaks in the last block's convolution backward, with every earlier block's weights alive
+(``torch.cuda.memory`` traces on an H200, MACE-MP-medium at 1,000 atoms, float32: 71.5 MB); pairing an earlier
+block frees its weights, pairing the last one would only add its matrix product. With trainable weights the
+weight gradient needs the buffer anyway.
+
+True replaces every supported block, in its parent (``model.interactions``), by a
+``batmobile_nn.nn.FusedInteraction`` holding the block's very submodules (same ``state_dict``), always fused;
+the block rides along unregistered and comes back on unpatch, before the swaps are undone.
 """
 
 from typing import Dict, List
@@ -38,49 +41,79 @@ def why_not_fused(block: torch.nn.Module) -> str:
 MODES = ("auto", True, False)  # patch's fuse_interactions
 
 
+class _Pairing:
+    """What an ``EquivariantConv`` keeps of its paired radial MLP: a plain attribute (not a submodule: neither in
+    ``state_dict`` nor seen by TorchScript)."""
+
+    __slots__ = ("radial",)
+
+    def __init__(self, radial: FullyConnectedNet):
+        self.radial = radial
+
+
 def fuse(model: torch.nn.Module, block_classes, mode) -> Dict[str, List[str]]:
-    """Replace the fusable blocks of ``block_classes`` in ``model`` (``mode``: "auto" or True, see above);
-    returns {reason: [block names]} of the blocks left."""
+    """Fuse the blocks of ``block_classes`` in ``model`` as ``mode`` ("auto" or True, see above) says; returns
+    {reason: [block names]} of the blocks left."""
     left: Dict[str, List[str]] = {}
     for parent_name, parent in list(model.named_modules()):
         children = list(parent.named_children())
         for index, (name, child) in enumerate(children):
             if type(child) not in block_classes or (mode == "auto" and (index == len(children) - 1
-                                                                          or not _fusing_saves_memory(child))):
+                                                                          or not _pairing_saves_memory(child))):
                 continue
             reason = why_not_fused(child)
             if reason:
                 left.setdefault(reason, []).append(f"{parent_name}.{name}" if parent_name else name)
-                continue
-            fused = FusedInteraction.from_mace(child, "frozen" if mode == "auto" else "always")
-            object.__setattr__(fused, BLOCK, child)  # out of state_dict, .to() and parameters(): shares submodules
-            setattr(parent, name, fused)
+            elif mode == "auto":
+                pair(child)
+            else:
+                fused = FusedInteraction.from_mace(child)
+                object.__setattr__(fused, BLOCK, child)  # out of state_dict, .to(), parameters(): shares submodules
+                setattr(parent, name, fused)
     return left
 
 
-def _fusing_saves_memory(block: torch.nn.Module) -> bool:
-    """Whether the fused block keeps less for the backward: ``[n_edges, hidden]`` instead of the weights."""
+def _pairing_saves_memory(block: torch.nn.Module) -> bool:
+    """Whether the paired block keeps less for the backward: ``[n_edges, hidden]`` instead of the weights."""
     radial = block.conv_tp_weights
     return isinstance(radial, FullyConnectedNet) and block.conv_tp.weight_numel > radial.hs[-2]
 
 
+def pair(block: torch.nn.Module) -> None:
+    """The radial MLP of ``block`` defers its last layer to the block's convolution (see above)."""
+    object.__setattr__(block.conv_tp, "_paired_radial", _Pairing(block.conv_tp_weights))
+    object.__setattr__(block.conv_tp_weights, "_last_layer_in_conv", True)
+
+
+def paired(block: torch.nn.Module) -> bool:
+    pairing = getattr(block.conv_tp, "__dict__", {}).get("_paired_radial")
+    return pairing is not None and pairing.radial is block.conv_tp_weights
+
+
+def unpair(block: torch.nn.Module) -> None:
+    for module, attribute in ((block.conv_tp, "_paired_radial"), (block.conv_tp_weights, "_last_layer_in_conv")):
+        getattr(module, "__dict__", {}).pop(attribute, None)
+
+
 def defuse(model: torch.nn.Module) -> None:
-    """Put back the blocks ``fuse`` replaced (their submodules are the fused modules' own, with current values)."""
+    """Undo ``fuse``: unpair the paired blocks, and put back the blocks ``FusedInteraction``s replaced (their
+    submodules are the fused modules' own, with current values)."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            if hasattr(child, "conv_tp") and hasattr(child, "conv_tp_weights"):
+                unpair(child)
             block = getattr(child, BLOCK, None) if isinstance(child, FusedInteraction) else None
             if block is not None:
-                # the submodules are shared; plain attributes were copied (mace's fine-tuning sets
-                # avg_num_neighbors on live models): the block takes the fused module's current ones
-                for attribute in ("avg_num_neighbors",) + FusedInteraction._MACE_ATTRIBUTES:
-                    if hasattr(child, attribute):
-                        setattr(block, attribute, getattr(child, attribute))
+                child.sync_attributes(block)  # plain attributes set while fused (mace's fine-tuning sets some)
                 setattr(parent, name, block)
 
 
 def fused_mode(model: torch.nn.Module):
-    """The ``fuse_interactions`` that ``patch`` was given: "auto", True, or False when no block is fused."""
-    fused = [module for module in model.modules() if isinstance(module, FusedInteraction) and hasattr(module, BLOCK)]
-    if not fused:
-        return False
-    return "auto" if any(module.fuse_radial == "frozen" for module in fused) else True
+    """The ``fuse_interactions`` that ``patch`` applied: "auto" (paired blocks), True (``FusedInteraction``s), or
+    False."""
+    modules = list(model.modules())
+    if any(isinstance(m, FusedInteraction) and hasattr(m, BLOCK) for m in modules):
+        return True
+    if any(hasattr(m, "conv_tp") and hasattr(m, "conv_tp_weights") and paired(m) for m in modules):
+        return "auto"
+    return False

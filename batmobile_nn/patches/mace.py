@@ -77,10 +77,14 @@ LINEAR_SWAPS = tuple(LinearSwap(attribute, classes) for attribute, classes in (
 ))
 
 
-def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
-    """The blocks some registered swap is about (listed first: swaps replace submodules)."""
+def _check_model(model) -> None:
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"expected a torch.nn.Module (a MACE model), got {type(model).__name__}")
+
+
+def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
+    """The blocks some registered swap is about (listed first: swaps replace submodules)."""
+    _check_model(model)
     swaps = registered_swaps()
     for name, module in list(model.named_modules()):
         if any(swap.applies_to(module) for swap in swaps):
@@ -103,14 +107,14 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
     Args:
         model: a mace-torch model (``MACE``, ``ScaleShiftMACE``, multi-head, ...), or any module
             containing MACE interaction or product blocks.
-        fuse_interactions: whether ``RealAgnosticResidualInteractionBlock``s and ``RealAgnosticInteractionBlock``s
-            become ``batmobile_nn.nn.FusedInteraction``s holding their modules, whose convolution keeps the
-            radial MLP's hidden features for the backward instead of the per-edge weights
-            (``patches/_fusion.py``). "auto" (default): every such block but the last, and only while the
-            parameters are frozen (inference, MD: a lower peak); True: every such block, always (named in a
-            warning when one cannot be); False: none. mace's tools that read a model's block classes
-            (``extract_config_mace_model``: its conversions, ``extract_model``) see ``FusedInteraction`` where
-            a block is fused: give them the model inside ``unpatched(model)``, or patch with False.
+        fuse_interactions: whether the convolutions of ``RealAgnosticResidualInteractionBlock``s and
+            ``RealAgnosticInteractionBlock``s take their radial MLP's last layer in, keeping the MLP's hidden
+            features for the backward instead of the per-edge weights (``patches/_fusion.py``). "auto" (default):
+            in every such block but the last, while the parameters are frozen (inference, MD: a lower peak); the
+            blocks stay mace's. True: every such block becomes a ``batmobile_nn.nn.FusedInteraction``, always
+            fused (named in a warning when one cannot be); mace's tools that read a model's block classes
+            (``extract_config_mace_model``: its conversions, ``extract_model``) then need the model inside
+            ``unpatched(model)``. False: none.
 
     Returns:
         ``model``, patched.
@@ -118,9 +122,11 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
     >>> model = patch(model)  # doctest: +SKIP
     >>> out = model(batch.to_dict(), compute_force=True)  # doctest: +SKIP
     """
-    if fuse_interactions not in _fusion.MODES:
+    if not any(fuse_interactions is mode for mode in _fusion.MODES) and fuse_interactions != "auto":
         raise ValueError(f"batmobile_nn.patch: fuse_interactions must be 'auto', True or False, "
                          f"got {fuse_interactions!r}")
+    _check_model(model)
+    _fusion.defuse(model)  # the swaps see mace's blocks (a swap registered since the last patch too); fused again below
     unsupported: Dict[str, Dict[str, List[str]]] = {}  # block class -> reason -> block names
     for name, block in _blocks(model):
         for swap in registered_swaps():
@@ -139,9 +145,8 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
         details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in reasons.items())
         warnings.warn(f"batmobile_nn.patch: left {class_name} stock ({details})", UnsupportedBlockWarning,
                       stacklevel=2)
-    if _fusion.fused_mode(model) != fuse_interactions:  # patched before with another fusion: this one instead
-        _fusion.defuse(model)
-        left = _fusion.fuse(model, FUSABLE_BLOCKS, fuse_interactions) if fuse_interactions else {}
+    if fuse_interactions:
+        left = _fusion.fuse(model, FUSABLE_BLOCKS, fuse_interactions)
         if left and fuse_interactions is True:
             details = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in left.items())
             warnings.warn(f"batmobile_nn.patch: interaction blocks not fused ({details})", UnsupportedBlockWarning,

@@ -1,7 +1,8 @@
 """``patch(model, fuse_interactions=True)``: MACE's interaction blocks become ``FusedInteraction``s. Energies,
 forces, stress and a training step's gradients against stock MACE (float64 and float32), the ``state_dict``,
 unpatching (also of copies and pickles), the ``unpatched`` context, and the blocks it leaves alone. The default,
-``fuse_interactions="auto"``: every block but the last, fused while the parameters are frozen."""
+``fuse_interactions="auto"``: in every block but the last, the radial MLP's last layer in the convolution while the
+parameters are frozen; the blocks stay mace's."""
 
 import copy
 import io
@@ -14,9 +15,10 @@ pytest.importorskip("mace")
 
 import batmobile_nn  # noqa: E402
 from batmobile_nn.nn import FusedInteraction  # noqa: E402
-from batmobile_nn.patches import UnsupportedBlockWarning, is_patched  # noqa: E402
+from batmobile_nn.patches import UnsupportedBlockWarning, _fusion, is_patched  # noqa: E402
 from batmobile_nn.patches.mace import unpatched  # noqa: E402
-from mace_cases import assert_outputs_close, build_model, bulk_structure, evaluate, make_batch, molecule_structure  # noqa: E402,E501
+from mace_cases import (assert_outputs_close, build_model, bulk_structure, default_dtype, evaluate,  # noqa: E402
+                        make_batch, molecule_structure)
 
 ARCH = dict(hidden_irreps="4x0e+4x1o", max_ell=2, correlation=2, first="RealAgnosticInteractionBlock")
 
@@ -131,65 +133,110 @@ def _frozen(model):
     return model
 
 
-def test_auto_fuses_all_but_the_last_block_while_frozen(model, stock_model, batch):
-    """The default: the first of MACE's two blocks is a FusedInteraction ("frozen"), the last stays mace's; the
-    fused path runs only with frozen parameters; both ways equal stock MACE (outputs, training gradients)."""
+def _paired_count(model):
+    return sum(_fusion.paired(block) for block in model.interactions if not isinstance(block, FusedInteraction))
+
+
+def _saved_shapes(model, batch):
+    """The shapes of the tensors autograd keeps for the backward of one energy-and-forces call."""
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        model(batch.clone().to_dict(), compute_force=True, training=False)
+    return shapes
+
+
+def test_auto_pairs_all_but_the_last_block_while_frozen(model, stock_model, batch):
+    """The default: the blocks stay mace's; the first one's radial MLP defers its last layer to its convolution
+    while the parameters are frozen, so that autograd keeps its hidden features, not its weights; trainable, it
+    computes as unpaired. Both ways equal stock MACE (outputs; a training step's gradients)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnsupportedBlockWarning)
         batmobile_nn.patch(model)
     first, last = model.interactions
-    assert isinstance(first, FusedInteraction) and first.fuse_radial == "frozen"
-    assert type(last).__name__ == "RealAgnosticResidualInteractionBlock"
+    assert [type(b).__name__ for b in model.interactions] == [type(b).__name__ for b in stock_model.interactions]
+    assert _fusion.paired(first) and not _fusion.paired(last) and _fusion.fused_mode(model) == "auto"
     assert list(model.state_dict()) == list(stock_model.state_dict())
-    assert [n for n, _ in model.named_parameters()] == [n for n, _ in stock_model.named_parameters()]
-    assert not first.radial_fused()  # trainable: mace's order
+    first_weights = (batch.edge_index.shape[1], first.conv_tp.weight_numel)
+    assert not first.conv_tp_weights.last_layer_deferred() and first_weights in _saved_shapes(model, batch)
     expected, got = _training_gradients(stock_model, batch), _training_gradients(model, batch)
     for name in expected:
         scale = max(expected[name].abs().max().item(), 1e-12)
         assert (got[name] - expected[name]).abs().max().item() / scale < 1e-9, name
     frozen_stock, frozen = _frozen(copy.deepcopy(stock_model)), _frozen(model)
-    assert first.radial_fused()
+    assert first.conv_tp_weights.last_layer_deferred() and not last.conv_tp_weights.last_layer_deferred()
+    assert first_weights not in _saved_shapes(frozen, batch)
+    assert first_weights in _saved_shapes(batmobile_nn.patch(copy.deepcopy(frozen), fuse_interactions=False), batch)
     assert_outputs_close(evaluate(frozen, batch), evaluate(frozen_stock, batch), 1e-10)
 
 
+def test_auto_keeps_mace_tools_and_torchscript_working(batch):
+    """A default-patched model: mace's extract_model (its conversions read the block classes) gives stock MACE;
+    e3nn's TorchScript compile of the frozen model (also inside mace's LAMMPS wrapper) runs unpaired, equal to
+    eager."""
+    from e3nn.util import jit
+    from mace.calculators.lammps_mace import LAMMPS_MACE
+    from mace.tools.scripts_utils import extract_model
+    stock_model = build_model(**ARCH, scale_shift=True)  # what mace's extract_config_mace_model reads
+    frozen = _frozen(batmobile_nn.patch(copy.deepcopy(stock_model)))
+    assert _paired_count(frozen) == 1
+    with default_dtype(torch.float64):  # extract_model builds a new model in the default dtype
+        extracted = extract_model(frozen, map_location="cpu")
+    assert not is_patched(extracted)
+    assert_outputs_close(evaluate(extracted, batch), evaluate(stock_model, batch), 1e-12)
+    with default_dtype(torch.float64):  # e3nn's compile traces its code in the default dtype
+        scripted = jit.compile(copy.deepcopy(frozen))
+        jit.compile(LAMMPS_MACE(copy.deepcopy(frozen)))
+    assert_outputs_close(evaluate(scripted, batch), evaluate(frozen, batch), 1e-10)
+
+
 def test_fusion_modes_switch_and_come_back(model, stock_model, batch):
-    """patch asks for a fusion and gets it, also on a patched model; ``unpatched`` restores the one it had; a mode
-    that is none of "auto", True, False is refused."""
+    """patch asks for a fusion and gets it, also on a patched model; ``unpatched`` restores the one it had; a swap
+    registered since reaches fused blocks; a mode that is none of "auto", True, False is refused."""
+    from batmobile_nn.patches.mace import LINEAR_SWAPS
+    from batmobile_nn.patches import register_swap, unregister_swap
     batmobile_nn.patch(model)
-    assert _fused_count(model) == 1
+    assert _paired_count(model) == 1 and _fused_count(model) == 0
     batmobile_nn.patch(model, fuse_interactions=True)
-    assert _fused_count(model) == 2 and all(block.fuse_radial == "always" for block in model.interactions)
+    assert _fused_count(model) == 2 and _fusion.fused_mode(model) is True
+    swap = register_swap(LINEAR_SWAPS[0])  # linear_up
+    try:
+        batmobile_nn.patch(model, fuse_interactions=True)
+        assert [type(block.linear_up).__module__ for block in model.interactions] == ["batmobile_nn.o3._linear"] * 2
+        batmobile_nn.unpatch(model)
+    finally:
+        unregister_swap(swap)
+    assert not is_patched(model)
     batmobile_nn.patch(model, fuse_interactions=False)
-    assert _fused_count(model) == 0 and is_patched(model)
-    assert type(model.interactions[0].conv_tp).__name__ == "EquivariantConv"
+    assert _fused_count(model) == _paired_count(model) == 0 and is_patched(model)
     batmobile_nn.patch(model, fuse_interactions="auto")
     with unpatched(model):
-        assert _fused_count(model) == 0 and not is_patched(model)
-    assert _fused_count(model) == 1 and model.interactions[0].fuse_radial == "frozen"
+        assert _paired_count(model) == 0 and not is_patched(model)
+    assert _paired_count(model) == 1 and _fusion.fused_mode(model) == "auto"
     assert_outputs_close(evaluate(_frozen(model), batch), evaluate(_frozen(copy.deepcopy(stock_model)), batch), 1e-10)
-    with pytest.raises(ValueError, match="fuse_interactions must be 'auto', True or False"):
-        batmobile_nn.patch(model, fuse_interactions="all")
+    for mode in ("all", 1, None):
+        with pytest.raises(ValueError, match="fuse_interactions must be 'auto', True or False"):
+            batmobile_nn.patch(model, fuse_interactions=mode)
 
 
 def test_lammps_calls_run_the_replaced_block(model, batch):
-    """LAMMPS' ghost-atom exchange (``lammps_class``) goes to the mace block a FusedInteraction replaced (the same
-    submodules); a FusedInteraction built on its own refuses it."""
-    batmobile_nn.patch(model)
+    """LAMMPS' ghost-atom exchange (``lammps_class``) in a FusedInteraction goes to the mace block it replaced (the
+    same submodules, and the plain attributes set since); a FusedInteraction built on its own refuses it."""
+    batmobile_nn.patch(model, fuse_interactions=True)
     fused = model.interactions[0]
+    fused.avg_num_neighbors = 3.0  # set while fused, as mace's fine-tuning does
     data = batch.to_dict()
     n_nodes, n_edges = data["positions"].shape[0], data["edge_index"].shape[1]
     inputs = dict(node_attrs=data["node_attrs"], node_feats=model.node_embedding(data["node_attrs"]),
                   edge_attrs=torch.randn(n_edges, fused.conv_tp.irreps_in2.dim, dtype=torch.float64),
                   edge_feats=torch.randn(n_edges, fused.conv_tp_weights.hs[0], dtype=torch.float64),
-                  edge_index=data["edge_index"], lammps_class=object(), lammps_natoms=(n_nodes - 2, 2),
-                  first_layer=True)  # the first layer exchanges nothing; the ghosts' rows are cut
-    expected = fused._batmobile_block(**inputs)[0]
-    got = fused(**inputs)[0]
+                  edge_index=data["edge_index"])
+    lammps = dict(lammps_class=object(), lammps_natoms=(n_nodes - 2, 2), first_layer=True)  # no exchange in
+    got = fused(**inputs, **lammps)[0]  # the first layer; the ghosts' rows are cut
     assert got.shape[0] == n_nodes - 2
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, fused(**inputs)[0][:n_nodes - 2], rtol=1e-12, atol=1e-12)
     alone = FusedInteraction.from_mace(copy.deepcopy(fused._batmobile_block))
     with pytest.raises(NotImplementedError, match="LAMMPS"):
-        alone(**inputs)
+        alone(**inputs, **lammps)
 
 
 @pytest.mark.cuda
@@ -219,7 +266,7 @@ def test_auto_fusion_lowers_the_frozen_peak_on_the_gpu():
     peaks = {}
     for mode in (False, "auto"):
         model = batmobile_nn.patch(copy.deepcopy(stock), fuse_interactions=mode)
-        assert _fused_count(model) == (1 if mode else 0)
+        assert _paired_count(model) == (1 if mode else 0)
         assert_outputs_close(evaluate(model, batch), evaluate(stock, batch), 1e-10)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -228,7 +275,7 @@ def test_auto_fusion_lowers_the_frozen_peak_on_the_gpu():
         torch.cuda.synchronize()
         peaks[mode] = torch.cuda.max_memory_allocated() - base
     first = model.interactions[0]
-    assert first.radial_fused()
+    assert first.conv_tp_weights.last_layer_deferred()
     saved = n_edges * (first.conv_tp.weight_numel - first.conv_tp_weights.hs[-2]) * 8  # bytes
     assert peaks[False] - peaks["auto"] > saved / 2, (peaks, saved)
 
