@@ -166,7 +166,10 @@ def free(device):
 
 def measure(step, device, warmup, repeats):
     """Wall ms of ``repeats`` synchronized calls after ``warmup``; then one profiled call (kernel ms and count on
-    CUDA, null on the CPU; profiled CPU ops) and one call for peak memory (CUDA)."""
+    CUDA, null on the CPU; profiled CPU ops) and one call for peak memory (CUDA). ``seconds``: the host time of
+    the timed calls (warm-up included) and of the profiled call with its events' processing (where a grid's
+    time goes)."""
+    t_start = time.perf_counter()
     for _ in range(warmup):
         step()
     times = []
@@ -177,6 +180,7 @@ def measure(step, device, warmup, repeats):
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     cuda = device.type == "cuda"
+    t_profile = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         step()
         sync(device)
@@ -190,7 +194,8 @@ def measure(step, device, warmup, repeats):
            "launch_api_calls": sum("LaunchKernel" in e.name for e in on_host) if cuda else None,
            "profiled_cpu_ops": sum(not e.name.startswith(("cuda", "cu")) for e in on_host),
            "top_kernels": _top(kernels) if cuda else None,
-           "peak_memory_bytes": None, "memory_before_bytes": None}
+           "peak_memory_bytes": None, "memory_before_bytes": None,
+           "seconds": {"timed": round(t_profile - t_start, 3), "profile": round(time.perf_counter() - t_profile, 3)}}
     if cuda:
         sync(device)
         row["memory_before_bytes"] = torch.cuda.memory_allocated(device)
@@ -264,6 +269,7 @@ def reference(mode, base, batch, device):
 def run_backend(mode, model, batch, ref, device, args):
     """Parity fields and timings of one backend in one mode (``model``: a fresh copy for train)."""
     data, n_atoms = batch.to_dict(), batch.num_nodes
+    t_parity = time.perf_counter()
     got, row = first_outputs(mode, model, data, n_atoms), {}
     for key in ("energy", "forces", "loss"):
         if key in got:
@@ -283,7 +289,10 @@ def run_backend(mode, model, batch, ref, device, args):
             optimizer.zero_grad(set_to_none=True)
             train_loss(model, data, n_atoms).backward()
             optimizer.step()
-    return {**row, **measure(step, device, args.warmup, args.repeats)}
+    parity_s = time.perf_counter() - t_parity
+    measured = measure(step, device, args.warmup, args.repeats)
+    measured["seconds"]["parity"] = round(parity_s, 3)
+    return {**row, **measured}
 
 
 def parity_status(row, dtype, backend):
@@ -385,12 +394,14 @@ def parse_args(argv=None):
 
 def bench_row(row, backend, inference_model, base, batch, ref, device, args):
     """Fill ``row`` for one backend and mode: parity, timings, status (oom and errors recorded, not raised)."""
-    model = None
+    model, t_start = None, time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = inference_model if row["mode"] == "inference" else make_backend(backend, base, device)
+            built_s = time.perf_counter() - t_start
             row.update(run_backend(row["mode"], model, batch, ref, device, args))
+            row["seconds"].update(build=round(built_s, 3), row=round(time.perf_counter() - t_start, 3))
             if backend == "batmobile-graphs":  # a replay allocates nothing: its memory sits in the graph's pool
                 row["peak_memory_bytes"] = None
                 row["notes"] = row["notes"] + ["peak memory not measured: the CUDA graph's private pool is not "
@@ -444,9 +455,11 @@ def main(argv=None):
     for model_name, dtype_name in itertools.product(args.models, args.dtypes):
         if all((model_name, n, dtype_name, m, b) in done for n in args.atoms for m in args.modes for b in args.backends):
             continue  # every row of this model and dtype is in the resumed file
+        t_models = time.perf_counter()
         base = build_model(ARCHS[model_name], DTYPES[dtype_name], device)
         models, notes = {}, {}  # the inference models, built once per architecture and dtype (or why not)
         for backend in args.backends:
+            t_model = time.perf_counter()
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -456,15 +469,24 @@ def main(argv=None):
                 models[backend] = str(exc)
             except Exception as exc:  # noqa: BLE001  (a conversion that fails is a row, not a crash)
                 models[backend] = f"error building: {short(exc)}"
+            print(f"[seconds] {model_name} {dtype_name}: {backend} model {time.perf_counter() - t_model:.2f}",
+                  flush=True)
+        print(f"[seconds] {model_name} {dtype_name}: models {time.perf_counter() - t_models:.2f}", flush=True)
         for n_atoms in args.atoms:
             if all((model_name, n_atoms, dtype_name, m, b) in done for m in args.modes for b in args.backends):
                 continue
+            t_batch = time.perf_counter()
             batch = build_batch(n_atoms, DTYPES[dtype_name], device)
             edges = int(batch["edge_index"].shape[1])
+            print(f"[seconds] {model_name} {dtype_name}: batch of {n_atoms} atoms {time.perf_counter() - t_batch:.2f}",
+                  flush=True)
             for mode in args.modes:
                 if all((model_name, n_atoms, dtype_name, mode, b) in done for b in args.backends):
                     continue
+                t_ref = time.perf_counter()
                 ref = reference(mode, base, batch, device)
+                print(f"[seconds] {model_name} {n_atoms} {dtype_name} {mode}: e3nn reference "
+                      f"{time.perf_counter() - t_ref:.2f}", flush=True)
                 for backend in args.backends:
                     if (model_name, n_atoms, dtype_name, mode, backend) in done:
                         continue
@@ -482,7 +504,8 @@ def main(argv=None):
                             if row.get(k) is not None}
                     print(f"{model_name} {row['atoms']} atoms {dtype_name} {mode} {backend}: {row['status']}; "
                           f"wall {row.get('wall_ms')} ms; kernels {row.get('kernel_ms')} ms "
-                          f"x{row.get('kernel_launches')}; peak {row.get('peak_memory_bytes')} B; {errs}", flush=True)
+                          f"x{row.get('kernel_launches')}; peak {row.get('peak_memory_bytes')} B; {errs}; "
+                          f"seconds {row.get('seconds')}", flush=True)
                     tmp = out.with_name(out.name + ".tmp")  # then renamed: a run killed mid-write keeps its file
                     tmp.write_text(json.dumps({"benchmark": "bench_mace", "args": vars(args), **env,
                                                "invocations": invocations, "rows": rows}, indent=1))
