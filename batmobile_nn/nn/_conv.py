@@ -8,6 +8,7 @@ from e3nn import o3
 from ..o3._tensor_product import TensorProductBase
 from ..ops.conv import conv as _conv
 from ..ops.conv_radial import conv_radial
+from ._pairing import CONV_TO_RADIAL, RADIAL_TO_CONV, partner
 
 
 def _stock_coefficients(stock: o3.TensorProduct) -> List[float]:
@@ -79,10 +80,9 @@ class EquivariantConv(TensorProductBase):
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError("edge_index must have shape [2, n_edges], got " + str(list(edge_index.shape)))
         if not torch.jit.is_scripting():
-            pairing = self.__dict__.get("_paired_radial")  # patches/_fusion.py: the block's radial MLP
-            if pairing is not None and tp_weights is not None and tp_weights.shape[-1] != self.weight_numel:
+            radial = partner(self, CONV_TO_RADIAL, RADIAL_TO_CONV)  # nn/_pairing.py: the block's radial MLP
+            if radial is not None and tp_weights is not None and tp_weights.shape[-1] != self.weight_numel:
                 # its hidden features (scaled by MACE's cutoff): the MLP deferred its last layer to here
-                radial = pairing.radial
                 return conv_radial(node_feats, edge_attrs, tp_weights, radial.last_weight(), radial.last_alpha(),
                                    edge_index[0], edge_index[1], sender_perm, self._plan, self._cg,
                                    self.deterministic)  # [n_nodes, irreps_out.dim]

@@ -12,6 +12,8 @@ import torch
 from e3nn import nn as e3nn_nn
 from torch import Tensor
 
+from ._pairing import CONV_TO_RADIAL, RADIAL_TO_CONV, partner
+
 
 def unsupported(stock: torch.nn.Module) -> Optional[str]:
     """Why ``stock`` is not an e3nn ``FullyConnectedNet`` with normalized SiLU hidden activations (None when it is)."""
@@ -41,6 +43,9 @@ class FullyConnectedNet(torch.nn.Module):
     >>> mlp = FullyConnectedNet([8, 64, 64, 1280])
     >>> mlp(torch.randn(5, 8)).shape
     torch.Size([5, 1280])
+
+    Paired with a block's convolution by ``patch``'s default fusion, it returns ``[..., hs[-2]]`` while
+    ``last_layer_deferred()`` (see there).
     """
 
     hs: List[int]
@@ -100,10 +105,11 @@ class FullyConnectedNet(torch.nn.Module):
 
     @torch.jit.unused
     def last_layer_deferred(self) -> bool:
-        """Whether this call stops before the last layer, which the block's convolution then applies
-        (``patches/_fusion.py`` pairs them): only in eager mode, and while the last layer's weight needs no
-        gradient (inference, MD), where keeping ``[n, hs[-2]]`` instead of ``[n, hs[-1]]`` lowers the peak."""
-        return self.__dict__.get("_last_layer_in_conv") is not None and not (
+        """Whether this call stops before the last layer, which the paired convolution then applies
+        (``nn/_pairing.py``): not under TorchScript, and while the last layer's weight needs no gradient
+        (inference and MD, or mace's ``--freeze`` of the interactions), where keeping ``[n, hs[-2]]`` instead of
+        ``[n, hs[-1]]`` lowers the peak. Whoever calls a paired MLP then gets ``[n, hs[-2]]``."""
+        return partner(self, RADIAL_TO_CONV, CONV_TO_RADIAL) is not None and not (
             torch.is_grad_enabled() and self.last_weight().requires_grad)
 
     def last_layer_unsupported(self) -> Optional[str]:

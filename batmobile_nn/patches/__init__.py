@@ -14,7 +14,8 @@ from ._registry import Swap, UnsupportedBlockWarning, register_swap, registered_
 
 def patch(model, *, fuse_interactions="auto"):
     """``batmobile_nn.patches.mace.patch``: swap a MACE model's e3nn modules in place; returns it
-    (``fuse_interactions``: which interaction blocks become ``batmobile_nn.nn.FusedInteraction``s)."""
+    (``fuse_interactions``: "auto", True or False, how the interaction blocks take their radial MLP's last layer
+    into the convolution)."""
     from . import mace
 
     return mace.patch(model, fuse_interactions=fuse_interactions)

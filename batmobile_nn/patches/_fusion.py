@@ -5,9 +5,10 @@ for the backward is the MLP's hidden features ``[n_edges, hidden]`` instead of t
 ``[n_edges, weight_numel]``, and the backward makes the weights again (one matrix product more).
 
 "auto" (``patch``'s default) pairs, in every block but its parent's last, the block's radial MLP
-(``nn.FullyConnectedNet``) with its convolution (``nn.EquivariantConv``); the block stays mace's, with mace's
-forward. While the MLP's last weight needs no gradient (inference, MD) and not under TorchScript, the MLP
-stops before its last layer and the convolution applies it; otherwise both compute as unpaired. Only where
+(``nn.FullyConnectedNet``) with its convolution (``nn.EquivariantConv``; ``nn/_pairing.py``); the block stays
+mace's, with mace's forward. While the MLP's last weight needs no gradient (inference, MD) and not under
+TorchScript, the MLP stops before its last layer and the convolution applies it; otherwise both compute as
+unpaired. Only where
 ``weight_numel`` is above the MLP's hidden width (MACE-MP's first block: 512 against 64). Why these blocks: an
 energy-and-forces step peaks in the last block's convolution backward, with every earlier block's weights alive
 (``torch.cuda.memory`` traces on an H200, MACE-MP-medium at 1,000 atoms, float32: 71.5 MB); pairing an earlier
@@ -24,6 +25,7 @@ from typing import Dict, List
 import torch
 
 from ..nn import EquivariantConv, FullyConnectedNet, FusedInteraction
+from ..nn import _pairing
 from ..nn._fused_interaction import unsupported
 
 BLOCK = "_batmobile_block"  # the stock-class block a FusedInteraction replaced (plain attribute, not a submodule)
@@ -39,16 +41,6 @@ def why_not_fused(block: torch.nn.Module) -> str:
 
 
 MODES = ("auto", True, False)  # patch's fuse_interactions
-
-
-class _Pairing:
-    """What an ``EquivariantConv`` keeps of its paired radial MLP: a plain attribute (not a submodule: neither in
-    ``state_dict`` nor seen by TorchScript)."""
-
-    __slots__ = ("radial",)
-
-    def __init__(self, radial: FullyConnectedNet):
-        self.radial = radial
 
 
 def fuse(model: torch.nn.Module, block_classes, mode) -> Dict[str, List[str]]:
@@ -81,18 +73,17 @@ def _pairing_saves_memory(block: torch.nn.Module) -> bool:
 
 def pair(block: torch.nn.Module) -> None:
     """The radial MLP of ``block`` defers its last layer to the block's convolution (see above)."""
-    object.__setattr__(block.conv_tp, "_paired_radial", _Pairing(block.conv_tp_weights))
-    object.__setattr__(block.conv_tp_weights, "_last_layer_in_conv", True)
+    _pairing.link(block.conv_tp_weights, block.conv_tp)
 
 
 def paired(block: torch.nn.Module) -> bool:
-    pairing = getattr(block.conv_tp, "__dict__", {}).get("_paired_radial")
-    return pairing is not None and pairing.radial is block.conv_tp_weights
+    conv = block.conv_tp
+    return isinstance(conv, EquivariantConv) and (
+        _pairing.partner(conv, _pairing.CONV_TO_RADIAL, _pairing.RADIAL_TO_CONV) is block.conv_tp_weights)
 
 
 def unpair(block: torch.nn.Module) -> None:
-    for module, attribute in ((block.conv_tp, "_paired_radial"), (block.conv_tp_weights, "_last_layer_in_conv")):
-        getattr(module, "__dict__", {}).pop(attribute, None)
+    _pairing.unlink(block.conv_tp_weights, block.conv_tp)
 
 
 def defuse(model: torch.nn.Module) -> None:

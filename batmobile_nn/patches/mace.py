@@ -91,7 +91,8 @@ def _blocks(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
             yield name or "<model>", module
 
 
-# the interaction blocks ``fuse_interactions`` replaces by ``batmobile_nn.nn.FusedInteraction`` (MACE-MP's two)
+# the interaction blocks ``fuse_interactions`` fuses (MACE-MP's two): "auto" pairs their radial MLP and convolution,
+# True replaces them by ``batmobile_nn.nn.FusedInteraction``s
 FUSABLE_BLOCKS: Tuple[type, ...] = (mace_blocks.RealAgnosticResidualInteractionBlock,
                                     mace_blocks.RealAgnosticInteractionBlock)
 
@@ -110,8 +111,8 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
         fuse_interactions: whether the convolutions of ``RealAgnosticResidualInteractionBlock``s and
             ``RealAgnosticInteractionBlock``s take their radial MLP's last layer in, keeping the MLP's hidden
             features for the backward instead of the per-edge weights (``patches/_fusion.py``). "auto" (default):
-            in every such block but the last, while the parameters are frozen (inference, MD: a lower peak); the
-            blocks stay mace's. True: every such block becomes a ``batmobile_nn.nn.FusedInteraction``, always
+            in every such block but the last, while the radial MLP's last weight is frozen (inference, MD: a lower
+            peak); the blocks stay mace's. True: every such block becomes a ``batmobile_nn.nn.FusedInteraction``, always
             fused (named in a warning when one cannot be); mace's tools that read a model's block classes
             (``extract_config_mace_model``: its conversions, ``extract_model``) then need the model inside
             ``unpatched(model)``. False: none.

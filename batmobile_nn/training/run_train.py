@@ -7,9 +7,10 @@ mace converts a model to and from cuEquivariance for ``--enable_cueq``:
 
 * ``configure_model`` (which builds the model from scratch or from ``--foundation_model``) returns the model
   patched by :func:`batmobile_nn.patch`, so training and the final evaluation use batmobile_nn's ops, with
-  ``fuse_interactions=False``: the default fusion acts only with frozen parameters, never while training, and
-  run_train reads the live model's block classes into the ``config.yaml`` it saves with the compiled model
-  (``extract_config_mace_model``), which ``True`` would change;
+  ``fuse_interactions=False``: the default fusion acts only where the radial MLPs' last layers are frozen, which
+  they are not while training (except under mace's ``--freeze`` of the interactions), and ``True`` would change
+  the block classes that run_train reads into the ``config.yaml`` it saves with the compiled model
+  (``extract_config_mace_model``);
 * ``deepcopy``, which run_train applies to the model right before every ``torch.save`` / ``jit.compile`` of a
   ``.model`` file, copies the model while it is unpatched (``batmobile_nn.patches.mace.unpatched``) and
   returns that stock e3nn copy, so the saved models load and run without batmobile_nn.

@@ -29,8 +29,9 @@ def default_dtype(dtype: torch.dtype):
 def build_model(hidden_irreps: str = "8x0e+8x1o", max_ell: int = 2, correlation=2, num_interactions: int = 2,
                 interaction: str = "RealAgnosticResidualInteractionBlock", first: Optional[str] = None,
                 scale_shift: bool = False, heads: Optional[List[str]] = None, dtype: torch.dtype = torch.float64,
-                seed: int = 0, interaction_cls=None):
-    """A tiny mace-torch model (random weights from ``seed``), built with ``dtype`` as default dtype."""
+                seed: int = 0, interaction_cls=None, **extra):
+    """A tiny mace-torch model (random weights from ``seed``), built with ``dtype`` as default dtype; ``extra``:
+    more of mace's model arguments (``apply_cutoff``, ...)."""
     from e3nn import o3
     from mace import modules
 
@@ -44,7 +45,7 @@ def build_model(hidden_irreps: str = "8x0e+8x1o", max_ell: int = 2, correlation=
         hidden_irreps=o3.Irreps(hidden_irreps), MLP_irreps=o3.Irreps("4x0e"), gate=torch.nn.functional.silu,
         atomic_energies=rng.uniform(-0.5, 0.5, size=(n_heads, len(ATOMIC_NUMBERS)) if heads else len(ATOMIC_NUMBERS)),
         avg_num_neighbors=8.0, atomic_numbers=list(ATOMIC_NUMBERS), correlation=correlation, radial_MLP=[8, 8],
-        heads=heads)
+        heads=heads, **extra)
     with default_dtype(dtype):
         torch.manual_seed(seed)
         if scale_shift:

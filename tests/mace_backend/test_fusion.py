@@ -169,10 +169,49 @@ def test_auto_pairs_all_but_the_last_block_while_frozen(model, stock_model, batc
     assert_outputs_close(evaluate(frozen, batch), evaluate(frozen_stock, batch), 1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_auto_equals_stock_with_a_cutoff_and_three_blocks(dtype):
+    """Frozen: with mace's cutoff passed to the blocks (``apply_cutoff=False``: the paired MLP's hidden features
+    are scaled by it in mace's forward) and three blocks (two paired), in float64 and float32, energies, forces and
+    stress equal stock MACE."""
+    stock = _frozen(build_model(**ARCH, num_interactions=3, apply_cutoff=False, dtype=dtype))
+    batch = make_batch([bulk_structure(), molecule_structure()], dtype=dtype)
+    patched = batmobile_nn.patch(copy.deepcopy(stock))
+    assert [_fusion.paired(block) for block in patched.interactions] == [True, True, False]
+    assert all(block.conv_tp_weights.last_layer_deferred() for block in patched.interactions[:2])
+    saw_cutoff = []
+    hook = patched.interactions[0].register_forward_pre_hook(
+        lambda module, args, kwargs: saw_cutoff.append(kwargs.get("cutoff") is not None), with_kwargs=True)
+    got = evaluate(patched, batch)
+    hook.remove()
+    assert saw_cutoff == [True]
+    assert_outputs_close(got, evaluate(stock, batch), 1e-10 if dtype == torch.float64 else 2e-5)
+
+
+def test_auto_pairing_survives_copies_not_a_module_copied_alone(model, batch):
+    """deepcopy and pickle keep each copy's pair (its own modules); a convolution or MLP copied alone (as
+    nn.DataParallel's replicas are made) points at the original partner, which does not point back: unpaired."""
+    frozen = _frozen(batmobile_nn.patch(model))
+    buffer = io.BytesIO()
+    torch.save(frozen, buffer)
+    buffer.seek(0)
+    expected = evaluate(frozen, batch)
+    for other in (copy.deepcopy(frozen), torch.load(buffer, weights_only=False)):
+        first = other.interactions[0]
+        assert _fusion.paired(first) and first.conv_tp_weights.last_layer_deferred()
+        assert_outputs_close(evaluate(other, batch), expected, 1e-12)
+    first = frozen.interactions[0]
+    replica = first._replicate_for_data_parallel()  # what nn.DataParallel's replicate makes of each module
+    for name in ("conv_tp", "conv_tp_weights"):
+        replica._modules[name] = getattr(first, name)._replicate_for_data_parallel()
+    assert not _fusion.paired(replica) and not replica.conv_tp_weights.last_layer_deferred()
+    assert _fusion.paired(first) and first.conv_tp_weights.last_layer_deferred()
+
+
 def test_auto_keeps_mace_tools_and_torchscript_working(batch):
     """A default-patched model: mace's extract_model (its conversions read the block classes) gives stock MACE;
-    e3nn's TorchScript compile of the frozen model (also inside mace's LAMMPS wrapper) runs unpaired, equal to
-    eager."""
+    e3nn's TorchScript compile of the frozen model runs (unpaired), equal to eager, and so does the compile of
+    mace's LAMMPS wrapper around it."""
     from e3nn.util import jit
     from mace.calculators.lammps_mace import LAMMPS_MACE
     from mace.tools.scripts_utils import extract_model
