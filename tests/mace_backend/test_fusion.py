@@ -315,6 +315,8 @@ def test_auto_fusion_lowers_the_frozen_peak_on_the_gpu():
         peaks[mode] = torch.cuda.max_memory_allocated() - base
     first = model.interactions[0]
     assert first.conv_tp_weights.last_layer_deferred()
+    from batmobile_nn import _backend
+    assert "conv_radial" in _backend.KERNELS.get("cuda", {}), "the CUDA kernels did not load (reference path)"
     saved = n_edges * (first.conv_tp.weight_numel - first.conv_tp_weights.hs[-2]) * 8  # bytes
     assert peaks[False] - peaks["auto"] > saved / 2, (peaks, saved)
 
