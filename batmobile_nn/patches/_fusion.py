@@ -4,12 +4,11 @@ Both fusions take the radial MLP's last layer into the convolution (``ops.conv_r
 for the backward is the MLP's hidden features ``[n_edges, hidden]`` instead of the per-edge weights
 ``[n_edges, weight_numel]``, and the backward makes the weights again (one matrix product more).
 
-"auto" (``patch``'s default) pairs, in every block but its parent's last, the block's radial MLP
-(``nn.FullyConnectedNet``) with its convolution (``nn.EquivariantConv``; ``nn/_pairing.py``); the block stays
-mace's, with mace's forward. While the MLP's last weight needs no gradient (inference, MD) and not under
-TorchScript, the MLP stops before its last layer and the convolution applies it; otherwise both compute as
-unpaired. Only where
-``weight_numel`` is above the MLP's hidden width (MACE-MP's first block: 512 against 64). Why these blocks: an
+"auto" (``patch``'s default) pairs, in every block but its parent's last and where ``weight_numel`` is above the
+MLP's hidden width (MACE-MP's first block: 512 against 64), the block's radial MLP (``nn.FullyConnectedNet``)
+with its convolution (``nn.EquivariantConv``; ``nn/_pairing.py``); the block stays mace's, with mace's forward.
+While the MLP's last weight needs no gradient (inference, MD) and not under TorchScript, the MLP stops before its
+last layer and the convolution applies it; otherwise both compute as unpaired. Why these blocks: an
 energy-and-forces step peaks in the last block's convolution backward, with every earlier block's weights alive
 (``torch.cuda.memory`` traces on an H200, MACE-MP-medium at 1,000 atoms, float32: 71.5 MB); pairing an earlier
 block frees its weights, pairing the last one would only add its matrix product. With trainable weights the
@@ -38,9 +37,6 @@ def why_not_fused(block: torch.nn.Module) -> str:
     if not isinstance(block.conv_tp_weights, FullyConnectedNet):
         return "its radial MLP was not swapped"
     return unsupported(block) or ""
-
-
-MODES = ("auto", True, False)  # patch's fuse_interactions
 
 
 def fuse(model: torch.nn.Module, block_classes, mode) -> Dict[str, List[str]]:

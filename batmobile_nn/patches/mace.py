@@ -111,11 +111,11 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
         fuse_interactions: whether the convolutions of ``RealAgnosticResidualInteractionBlock``s and
             ``RealAgnosticInteractionBlock``s take their radial MLP's last layer in, keeping the MLP's hidden
             features for the backward instead of the per-edge weights (``patches/_fusion.py``). "auto" (default):
-            in every such block but the last, while the radial MLP's last weight is frozen (inference, MD: a lower
-            peak); the blocks stay mace's. True: every such block becomes a ``batmobile_nn.nn.FusedInteraction``, always
-            fused (named in a warning when one cannot be); mace's tools that read a model's block classes
-            (``extract_config_mace_model``: its conversions, ``extract_model``) then need the model inside
-            ``unpatched(model)``. False: none.
+            in every such block but the last, while the radial MLP's last weight is frozen (inference, MD: a
+            lower peak); the blocks stay mace's. True: every such block becomes a
+            ``batmobile_nn.nn.FusedInteraction``, always fused (named in a warning when one cannot be); mace's tools
+            that read a model's block classes (``extract_config_mace_model``: its conversions, ``extract_model``)
+            then need the model inside ``unpatched(model)``. False: none.
 
     Returns:
         ``model``, patched.
@@ -123,7 +123,7 @@ def patch(model: torch.nn.Module, *, fuse_interactions: Union[bool, str] = "auto
     >>> model = patch(model)  # doctest: +SKIP
     >>> out = model(batch.to_dict(), compute_force=True)  # doctest: +SKIP
     """
-    if not any(fuse_interactions is mode for mode in _fusion.MODES) and fuse_interactions != "auto":
+    if not (isinstance(fuse_interactions, bool) or fuse_interactions == "auto"):
         raise ValueError(f"batmobile_nn.patch: fuse_interactions must be 'auto', True or False, "
                          f"got {fuse_interactions!r}")
     _check_model(model)
