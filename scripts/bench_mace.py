@@ -39,6 +39,7 @@ import time
 import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import batmobile_nn  # noqa: F401  (before e3nn / mace: sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for e3nn 0.4.4)
 import numpy as np
@@ -49,6 +50,7 @@ from e3nn import o3
 from mace import data as mace_data, modules
 from mace.tools import AtomicNumberTable, torch_geometric
 from torch.autograd import DeviceType
+from torch.autograd.profiler_util import _filter_name  # the records prof.events() leaves out
 from torch.profiler import ProfilerActivity, profile
 
 ARCHS = {"small": "64x0e+64x1o", "medium": "128x0e+128x1o", "large": "128x0e+128x1o+128x2e", "quick": "8x0e+8x1o"}
@@ -184,11 +186,11 @@ def measure(step, device, warmup, repeats):
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         step()
         sync(device)
-    events = list(prof.events())
+    events = profiled_events(prof)
     kernels, copies = gpu_work(events)
     on_host = [e for e in events if e.device_type != DeviceType.CUDA]
     row = {"wall_ms": statistics.median(times), "wall_ms_all": [round(t, 4) for t in times],
-           "kernel_ms": sum(e.time_range.elapsed_us() for e in kernels) / 1e3 if cuda else None,
+           "kernel_ms": sum(e.us for e in kernels) / 1e3 if cuda else None,
            "kernel_launches": len(kernels) if cuda else None,
            "memcpy_memset": len(copies) if cuda else None,
            "launch_api_calls": sum("LaunchKernel" in e.name for e in on_host) if cuda else None,
@@ -206,23 +208,51 @@ def measure(step, device, warmup, repeats):
     return row
 
 
+class Event(NamedTuple):
+    """One event of a profiled step: what ``gpu_work`` and ``_top`` read."""
+    name: str
+    device_type: DeviceType
+    us: float
+    is_user_annotation: bool = False
+
+
+def profiled_events(prof) -> list:
+    """The events of ``prof`` as ``Event``s, read from its kineto results. Not ``prof.events()``: that builds a
+    FunctionEvent tree, 1.5-1.7 s for the 25k events of a training step on the CPU (``--quick``), against 0.02 s
+    here; left out as there: memory records, hidden events and the profiler's own bookkeeping ops. The same kernels
+    and times; on the host, an op whose single child has its name counts twice (prof.events() merges the two)."""
+    kept = []
+    for e in prof.profiler.kineto_results.events():
+        name = e.name()
+        if _filter_name(name) or getattr(e, "is_hidden_event", lambda: False)():
+            continue
+        kept.append(Event(name, e.device_type(), e.duration_ns() / 1e3, e.is_user_annotation()))
+    return kept
+
+
 def gpu_work(events):
     """``(kernels, copies)`` among a profile's events: what ran on the GPU, memcpy and memset apart. Not the
     GPU-side spans of annotated ranges (``Optimizer.step#Adam.step``, ``record_function``): they cover kernels
     that are counted on their own, and the gaps between them (grid run of 2026-12-02: 0.5-1.2 ms a training step
     in every backend's kernel time)."""
-    on_gpu = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+    on_gpu = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     copies = [e for e in on_gpu if e.name.startswith(("Memcpy", "Memset"))]
     return [e for e in on_gpu if not e.name.startswith(("Memcpy", "Memset"))], copies
 
 
 def _top(kernels, count=10):
-    """The ``count`` kernels with the most GPU time in the profiled step: ``[name (80 chars), ms, launches]``."""
+    """The ``count`` kernels with the most GPU time in the profiled step: ``[name (demangled, 80 chars), ms,
+    launches]``."""
     by_name = {}
     for e in kernels:
-        total, n = by_name.get(e.name[:80], (0.0, 0))
-        by_name[e.name[:80]] = (total + e.time_range.elapsed_us() / 1e3, n + 1)
-    return [[name, round(ms, 4), n] for name, (ms, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:count]]
+        total, n = by_name.get(e.name, (0.0, 0))
+        by_name[e.name] = (total + e.us / 1e3, n + 1)
+    summed = {}  # by the demangled name's first 80 characters, as torch.profiler's tables name them
+    for name, (ms, n) in by_name.items():
+        short_name = (torch._C._demangle(name) if len(name) > 1 else name)[:80]
+        total, launches = summed.get(short_name, (0.0, 0))
+        summed[short_name] = (total + ms, launches + n)
+    return [[name, round(ms, 4), n] for name, (ms, n) in sorted(summed.items(), key=lambda kv: -kv[1][0])[:count]]
 
 
 def errors(got, ref):
@@ -438,6 +468,20 @@ def resumed(out: Path, env: dict):
     return previous.get("rows", []), previous.get("invocations", [previous.get("args")])
 
 
+def whole_groups(rows: list, backends: list) -> list:
+    """``rows`` less the groups (model, atoms, dtype, mode) that lack one of ``backends``: a command stopped inside
+    a group, and the group is measured again, whole, in one process (a group split over two processes compared
+    backends on baselines 83 MB apart: grid run of 2026-12-02)."""
+    have = {}
+    for r in rows:
+        have.setdefault(row_key(r)[:4], set()).add(r["backend"])
+    whole = {group for group, names in have.items() if set(backends) <= names}
+    dropped = len(have) - len(whole)
+    if dropped:
+        print(f"--resume: {dropped} group(s) without every backend dropped, to be measured again", flush=True)
+    return [r for r in rows if row_key(r)[:4] in whole]
+
+
 def main(argv=None):
     args = parse_args(argv)
     device, out = torch.device(args.device), Path(args.out)
@@ -448,6 +492,7 @@ def main(argv=None):
     invocations = [vars(args)]
     if args.resume:
         rows, invocations = resumed(out, env)
+        rows = whole_groups(rows, args.backends)
         invocations.append(vars(args))
     done = {row_key(r) for r in rows}
     print(f"{env['device']} | {env['versions']} | git {env['git_revision']}"

@@ -4,16 +4,19 @@
 #   RESUME=path/bench_mace_grid.json MODELS=small,medium DTYPES=float32,float64 bash scripts/gpu_grid.sh
 # copies RESUME (if given) to $OUT/bench_mace_grid.json, measures the rows it lacks until LIMIT seconds after the
 # start (default 585: a device command may run 600 s), and leaves the file in $OUT: copy it back here and pass
-# it as RESUME to the next command. bench_mace keeps the file's rows only if the same code (source digest),
-# device and versions wrote them. TEST=1 runs tests/cuda/test_cuda_uvu.py first. The kernels' cache is
-# unpacked from .whl/batmobile_nn_cache.tar.gz when there, and packed into $OUT when not.
+# it as RESUME to the next command (on a machine still warm, RESUME defaults to the copy the last command left in
+# /tmp). bench_mace keeps the file's rows only if the same code (source digest), device and versions wrote them,
+# and only the row groups with every backend (a group cut by the time limit is measured again, whole).
+# TEST="tests/cuda tests/mace_backend" runs those tests' cuda-marked tests first (within 300 s). The kernels' cache
+# is unpacked from .whl/batmobile_nn_cache.tar.gz when there, and packed into $OUT when not.
 t0=$(date +%s)
 source scripts/gpu_env.sh
-[ -n "${RESUME:-}" ] && cp "$RESUME" "$OUT/bench_mace_grid.json"
+[ -z "${RESUME:-}" ] && [ -f /tmp/bench_mace_grid.json ] && RESUME=/tmp/bench_mace_grid.json
+[ -n "${RESUME:-}" ] && cp "$RESUME" "$OUT/bench_mace_grid.json" && echo "=== resuming from $RESUME"
 if [ -n "${TEST:-}" ]; then
   echo "=== test ($(date +%T))"
-  timeout 240 python3 -m pytest -m cuda -q tests/cuda/test_cuda_uvu.py -p no:cacheprovider --timeout 200 -rf \
-      -n 8 -W ignore 2>&1 | tail -15 | tee "$OUT/test.log"
+  timeout 300 python3 -m pytest -m cuda -q $TEST -p no:cacheprovider --timeout 190 -rf -n 8 -W ignore 2>&1 \
+      | tail -25 | tee "$OUT/test.log"
 fi
 left=$(( ${LIMIT:-585} - ($(date +%s) - t0) - 25 ))  # 25 s for the cache's tar and the transfer
 echo "=== grid ($(date +%T)), ${left} s"
@@ -21,6 +24,7 @@ timeout "$left" python3 scripts/bench_mace.py --models "${MODELS:-small,medium,l
     --dtypes "${DTYPES:-float32,float64}" --atoms "${ATOMS:-1000,4913,19683}" --backends "${BACKENDS:-e3nn,cueq,oeq,batmobile}" \
     --modes inference,train --out "$OUT/bench_mace_grid.json" --png none --resume 2>&1 | grep -v -i warn | cut -c1-260 \
     | tee "$OUT/grid.log"
+cp "$OUT/bench_mace_grid.json" /tmp/bench_mace_grid.json 2>/dev/null  # the next command's RESUME while warm
 built=$(cd "$BATMOBILE_NN_CACHE" && ls -d */*.so jit/*.cubin 2>/dev/null)
 if [ ! -f .whl/batmobile_nn_cache.tar.gz ] && [ -n "$built" ]; then
   (cd "$BATMOBILE_NN_CACHE" && tar -czf "$OUT/batmobile_nn_cache.tar.gz" $built)
