@@ -163,10 +163,28 @@ def timed(row):
     return str(row.get("status", "")).startswith("ok")
 
 
+TARGET_PEERS, PEAK_PEER = ("cueq", "oeq"), "cueq"  # issue #5's target: faster than the best of these, peak <= cueq's
+
+
+def _lead(mine, others, key):
+    """``min(others) / mine`` in ``key`` as "×1.23", or the missing mark where a side is untimed."""
+    values = [r[key] for r in others if r.get(key) is not None and timed(r)]
+    ok = mine.get(key) is not None and timed(mine) and values
+    return fmt_speedup(min(values) / mine[key]) if ok else MISSING
+
+
+def _peak_against(mine, peer):
+    """Our peak against ``peer``'s as a signed percentage of theirs ("-7.2%": ours is 7.2% lower)."""
+    if not (timed(mine) and timed(peer) and mine.get("peak_memory_bytes") and peer.get("peak_memory_bytes")):
+        return MISSING
+    return f"{(mine['peak_memory_bytes'] / peer['peak_memory_bytes'] - 1) * 100:+.1f}%"
+
+
 def mace_table(data, ours="batmobile"):
     """bench_mace rows grouped per (model, atoms, dtype, mode): per backend "wall ms / kernel ms / peak GB" (or
     its status when not timed; "(parity unchecked)" after it where no e3nn reference existed), then ours against
-    the best other backend in wall and kernel time."""
+    the best other backend in wall and kernel time, and where cueq / oeq ran, against the issue's target: the
+    best of them in wall and kernel time, and our peak against cueq's."""
     rows = [r for r in data.get("rows", []) if isinstance(r, dict)]
     backends = list(dict.fromkeys(r.get("backend") for r in rows))
     groups = {}
@@ -176,8 +194,12 @@ def mace_table(data, ours="batmobile"):
     peers = [b for b in backends if not b.startswith(ours)]  # not our own variants (batmobile-graphs)
     variants = [b for b in backends if b.startswith(ours) and b != ours]  # compared in wall time too
     header = ["model", "atoms", "edges", "dtype", "mode", *(f"{b}: wall / kernel ms / peak GB" for b in backends)]
+    targets = [b for b in TARGET_PEERS if b in backends] if ours in backends else []
     if ours in backends and peers:
         header += [f"{ours} vs best peer: wall", "kernel", *(f"{v} vs best peer: wall" for v in variants)]
+    if targets:
+        header += [f"{ours} vs best of {', '.join(targets)}: wall", "kernel"]
+        header += [f"{ours} peak vs {PEAK_PEER}"] if PEAK_PEER in targets else []
     body = []
     for (model, atoms, edges, dtype, mode), by_backend in groups.items():
         cells = [fmt_value("model", model), fmt_value("atoms", atoms), fmt_value("edges", edges),
@@ -192,13 +214,14 @@ def mace_table(data, ours="batmobile"):
                 cells.append(f"{fmt_ms(r['wall_ms'])} / {fmt_ms(r.get('kernel_ms'))} / "
                              f"{fmt_value('peak_memory_bytes', peak)}"
                              + ("" if r.get("status") == "ok" else f" ({UNCHECKED})"))
+        mine = by_backend.get(ours, {})
         if ours in backends and peers:
+            others = [by_backend.get(b, {}) for b in peers]
             for name, key in [(ours, "wall_ms"), (ours, "kernel_ms")] + [(v, "wall_ms") for v in variants]:
-                mine = by_backend.get(name, {})
-                others = [by_backend[b][key] for b in peers if by_backend.get(b, {}).get(key) is not None
-                          and timed(by_backend[b])]
-                ok = mine.get(key) is not None and timed(mine) and others
-                cells.append(fmt_speedup(min(others) / mine[key]) if ok else MISSING)
+                cells.append(_lead(by_backend.get(name, {}), others, key))
+        if targets:
+            cells += [_lead(mine, [by_backend.get(b, {}) for b in targets], key) for key in ("wall_ms", "kernel_ms")]
+            cells += [_peak_against(mine, by_backend.get(PEAK_PEER, {}))] if PEAK_PEER in targets else []
         body.append(cells)
     return markdown_table(header, body)
 

@@ -170,8 +170,10 @@ def test_mace_table_compares_ours_with_the_best_peer():
     cells = [c.strip() for c in line.strip("|").split("|")]
     # our own variant (batmobile-graphs) has its columns (wall against the best peer) but is not a peer
     assert "batmobile-graphs vs best peer: wall" in header
+    # then the target: the best of cueq and oeq (oeq out of memory here: cueq alone), the peak against cueq's
+    assert "batmobile vs best of cueq, oeq: wall" in header and "batmobile peak vs cueq" in header
     assert cells[5:] == ["30.0 / 20.0 / 3.00", "50.0 / 4.00 / 0.70", "oom", "20.0 / 5.00 / 0.80", "2.00 / 1.00 / –",
-                         "×1.50", "×0.80", "×15.00"]
+                         "×1.50", "×0.80", "×15.00", "×2.50", "×0.80", "+14.3%"]
 
 
 def test_mace_table_times_rows_without_an_e3nn_reference():
@@ -188,7 +190,7 @@ def test_mace_table_times_rows_without_an_e3nn_reference():
     header, _, line = table.mace_table(data)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[5:] == ["oom", "300 / 240 / 60.00 (parity unchecked)", "failed parity (max rel err 1 > 1e-08)",
-                         "250 / 200 / 50.00 (parity unchecked)", "×1.20", "×1.20"]
+                         "250 / 200 / 50.00 (parity unchecked)", "×1.20", "×1.20", "×1.20", "×1.20", "-16.7%"]
 
 
 def test_results_of_other_revisions_name_their_code(tmp_path):
