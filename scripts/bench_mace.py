@@ -155,6 +155,22 @@ def train_loss(model, data, n_atoms):
     return (out["energy"] / n_atoms).square().mean() + out["forces"].square().mean()
 
 
+def make_step(mode: str, model, data: dict, n_atoms: int):
+    """The timed step: inference (energy and forces, parameters frozen as in mace's calculator) or a training
+    step (force loss, double backward, Adam)."""
+    if mode == "inference":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return lambda: inference_step(model, data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        train_loss(model, data, n_atoms).backward()
+        optimizer.step()
+    return step
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -309,16 +325,7 @@ def run_backend(mode, model, batch, ref, device, args):
                  and g.numel() == ref["grads"][n].numel() and ref["grads"][n].abs().max() > 0]
         row["grad_rel_err"] = max((errors(g, r)[1] for g, r in pairs), default=None)
         row["grad_params_compared"] = len(pairs)
-    if mode == "inference":
-        def step():
-            inference_step(model, data)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            train_loss(model, data, n_atoms).backward()
-            optimizer.step()
+    step = make_step(mode, model, data, n_atoms)
     parity_s = time.perf_counter() - t_parity
     measured = measure(step, device, args.warmup, args.repeats)
     measured["seconds"]["parity"] = round(parity_s, 3)
