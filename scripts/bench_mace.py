@@ -24,7 +24,8 @@ Usage: python scripts/bench_mace.py [--models small,medium,large] [--atoms 1000,
   [--backends e3nn,cueq,oeq,batmobile] [--modes inference,train] [--repeats 10] [--out F.json] [--png F.png|none]
   [--quick]   (CPU smoke test of the same path: 8x0e+8x1o, 27 atoms, float64, e3nn + batmobile, 2 repeats)
   [--resume]  (keep --out's rows if the same code, device and versions wrote them; measure the rest: the whole
-               grid takes longer than one 10-minute device command, so it runs as several, one run of one code)
+               grid takes longer than one 10-minute device command, so it runs as several, one run of one code;
+               a group of this command's grid that lacks one of its backends is measured again, whole)
 """
 
 import argparse
@@ -234,15 +235,17 @@ class Event(NamedTuple):
 
 def profiled_events(prof) -> list:
     """The events of ``prof`` as ``Event``s, read from its kineto results. Not ``prof.events()``: that builds a
-    FunctionEvent tree, 1.5-1.7 s for the 25k events of a training step on the CPU (``--quick``), against 0.02 s
-    here; left out as there: memory records, hidden events and the profiler's own bookkeeping ops. The same kernels
-    and times; on the host, an op whose single child has its name counts twice (prof.events() merges the two)."""
+    FunctionEvent tree, 1.5-2.6 s for the 25k events of a training step on the CPU (``--quick``), against
+    0.13-0.16 s here; left out as there: memory records, hidden events and the profiler's own bookkeeping ops.
+    The same kernels and times; on the host, an op whose single child has its name counts twice (prof.events()
+    merges the two)."""
     kept = []
     for e in prof.profiler.kineto_results.events():
         name = e.name()
         if _filter_name(name) or getattr(e, "is_hidden_event", lambda: False)():
             continue
-        kept.append(Event(name, e.device_type(), e.duration_ns() / 1e3, e.is_user_annotation()))
+        kept.append(Event(name, e.device_type(), e.duration_ns() / 1e3,
+                          getattr(e, "is_user_annotation", lambda: False)()))
     return kept
 
 
@@ -416,7 +419,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="CPU smoke test of the same code path")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows of --out measured by the same code (source digest) on the same device and "
-                        "versions, and measure only the missing ones: one run of the grid over several commands")
+                        "versions, and measure only the missing ones: one run of the grid over several commands "
+                        "(a group of this grid without one of --backends is measured again, whole)")
     args = p.parse_args(argv)
     quick = dict(models=["quick"], atoms=[27], dtypes=["float64"], backends=["e3nn", "batmobile"],
                  modes=list(MODES), repeats=2, warmup=1, threads=1, device="cpu")
@@ -475,18 +479,19 @@ def resumed(out: Path, env: dict):
     return previous.get("rows", []), previous.get("invocations", [previous.get("args")])
 
 
-def whole_groups(rows: list, backends: list) -> list:
-    """``rows`` less the groups (model, atoms, dtype, mode) that lack one of ``backends``: a command stopped inside
-    a group, and the group is measured again, whole, in one process (a group split over two processes compared
-    backends on baselines 83 MB apart: grid run of 2026-12-02)."""
+def whole_groups(rows: list, args) -> list:
+    """``rows`` less the groups (model, atoms, dtype, mode) of this command's grid (``args``) that lack one of its
+    backends: a command stopped inside a group, or a backend was added, and this command measures the group
+    again, whole, in one process (a group split over two processes compared backends on baselines 83 MB apart:
+    grid run of 2026-12-02). Groups outside the grid are kept as they are."""
+    grid = set(itertools.product(args.models, args.atoms, args.dtypes, args.modes))
     have = {}
     for r in rows:
         have.setdefault(row_key(r)[:4], set()).add(r["backend"])
-    whole = {group for group, names in have.items() if set(backends) <= names}
-    dropped = len(have) - len(whole)
-    if dropped:
-        print(f"--resume: {dropped} group(s) without every backend dropped, to be measured again", flush=True)
-    return [r for r in rows if row_key(r)[:4] in whole]
+    cut = {group for group, names in have.items() if group in grid and not set(args.backends) <= names}
+    if cut:
+        print(f"--resume: {len(cut)} group(s) without every backend, measured again: {sorted(cut)}", flush=True)
+    return [r for r in rows if row_key(r)[:4] not in cut]
 
 
 def main(argv=None):
@@ -499,13 +504,14 @@ def main(argv=None):
     invocations = [vars(args)]
     if args.resume:
         rows, invocations = resumed(out, env)
-        rows = whole_groups(rows, args.backends)
+        rows = whole_groups(rows, args)
         invocations.append(vars(args))
     done = {row_key(r) for r in rows}
     print(f"{env['device']} | {env['versions']} | git {env['git_revision']}"
           + (f" | resumed with {len(rows)} rows" if rows else ""), flush=True)
     for model_name, dtype_name in itertools.product(args.models, args.dtypes):
-        if all((model_name, n, dtype_name, m, b) in done for n in args.atoms for m in args.modes for b in args.backends):
+        if all((model_name, n, dtype_name, m, b) in done
+               for n, m, b in itertools.product(args.atoms, args.modes, args.backends)):
             continue  # every row of this model and dtype is in the resumed file
         t_models = time.perf_counter()
         base = build_model(ARCHS[model_name], DTYPES[dtype_name], device)

@@ -5,8 +5,9 @@ Usage: python scripts/make_bench_table.py [--results results/latest] [--readme R
 Reads ``manifest.json`` and each benchmark's ``NAME.json`` in the folder and prints, per benchmark, a header
 line (device, versions, git revision) and a table: for ``bench_ops`` one row per op, edges and dtype with our
 time, each baseline's time and our speedup over it; for ``bench_mace`` one row per model, atoms, dtype and mode
-with each backend's wall ms, kernel ms and peak memory and ours against the best other backend; for any other
-benchmark its rows with whatever fields they have.
+with each backend's wall ms, kernel ms and peak memory, ours against the best other backend, and ours against
+issue #5's target (the best of cueq and oeq in wall and kernel time, "(vs oeq)" where only that one timed; our
+peak against cueq's in percent); for any other benchmark its rows with whatever fields they have.
 With ``--png-dir`` the plots are copied there (a folder kept in git, unlike ``results/``) and linked from
 there; otherwise they are linked in the results folder. With ``--readme`` the text between the
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` lines of that file is replaced by the output.
@@ -220,7 +221,11 @@ def mace_table(data, ours="batmobile"):
             for name, key in [(ours, "wall_ms"), (ours, "kernel_ms")] + [(v, "wall_ms") for v in variants]:
                 cells.append(_lead(by_backend.get(name, {}), others, key))
         if targets:
-            cells += [_lead(mine, [by_backend.get(b, {}) for b in targets], key) for key in ("wall_ms", "kernel_ms")]
+            for key in ("wall_ms", "kernel_ms"):
+                compared = [b for b in targets if by_backend.get(b, {}).get(key) is not None and timed(by_backend[b])]
+                lead = _lead(mine, [by_backend[b] for b in compared], key)
+                # a peer that did not time (oom, failed parity, absent): the lead is over the others only
+                cells.append(lead if lead == MISSING or compared == targets else f"{lead} (vs {', '.join(compared)})")
             cells += [_peak_against(mine, by_backend.get(PEAK_PEER, {}))] if PEAK_PEER in targets else []
         body.append(cells)
     return markdown_table(header, body)

@@ -1,14 +1,19 @@
 """Where a MACE step's host time goes, per backend (cProfile): the Python of mace, e3nn, batmobile_nn and torch,
 the C++ calls made from Python (ATen ops, the autograd engine), on bench_mace's models and structures.
 
-At 1,000 atoms every backend's GPU step is host-bound (issue 5's grid: ours 1.9-6.3 ms of kernels in 20-60 ms
-of wall time), so the launches and the Python around them set the wall time. This attributes that time: per
-backend and mode, ``steps`` profiled calls after warm-up, the wall ms per step under the profiler and without
-it, host seconds per step by where the code lives (``by_package``: tottime, each function's own time), and the
-functions with the most own time. A Python function's own time includes the tensor operators it applies through
-Python's operator slots (``a * b``, ``a @ b``, indexing), which cProfile does not see as calls; named calls
-(``torch.bmm``, ``x.mul(y)``) count apart. cProfile slows Python code more than C++ code, so the shares are a
-guide to where to look, not a measurement of the unprofiled step.
+At 1,000 atoms most GPU steps are host-bound (issue 5's grid, ours: 1.9-21 ms of kernels in 20-86 ms of wall
+time), so the launches and the Python around them set the wall time. This attributes that time: per backend and
+mode, ``steps`` profiled calls after warm-up, the wall ms per step under the profiler and without it, host
+milliseconds per step by where the code lives (``own_ms_per_step_by_package``: each function's own time), and
+the functions with the most own time.
+
+Caveats. A Python function's own time includes the tensor operators it applies through Python's operator slots
+(``a * b``, ``a @ b``, indexing), which cProfile does not see as calls; named calls (``torch.bmm``,
+``x.mul(y)``) count apart. On the GPU the autograd engine runs backward on a worker thread: before Python 3.12
+cProfile sees only the main thread, so the Python run there (ours: the ops' backward functions) counts as the
+engine's own time; from 3.12 (built on sys.monitoring) it sees both threads on one call stack, so the split
+between the engine and that Python is approximate. cProfile slows Python more than C++, so the shares say
+where to look; they do not measure the unprofiled step.
 
 Usage: python scripts/profile_host.py [--model small] [--atoms 1000] [--dtype float32]
   [--backends e3nn,batmobile] [--modes inference,train] [--steps 20] [--top 25] [--out F.json]
@@ -17,7 +22,9 @@ Usage: python scripts/profile_host.py [--model small] [--atoms 1000] [--dtype fl
 
 import argparse
 import cProfile
+import importlib.util
 import json
+import os
 import pstats
 import sys
 import time
@@ -25,19 +32,29 @@ import time
 import bench_mace  # scripts/ is sys.path[0] when run as a script; imports batmobile_nn first (see there)
 import torch
 
-PACKAGES = ("batmobile_nn", "mace", "e3nn", "torch", "cuequivariance", "openequivariance")
+PACKAGES = {"batmobile_nn": "batmobile_nn", "mace": "mace", "e3nn": "e3nn", "torch": "torch",
+            "cuequivariance": "cuequivariance", "cuequivariance_torch": "cuequivariance",
+            "cuequivariance_ops_torch": "cuequivariance", "openequivariance": "openequivariance"}
 
 
-def where(filename: str, function: str) -> str:
-    """The package a cProfile entry belongs to: a Python file's package; for C++ called from Python ("~"),
-    the autograd engine (backward and grad) apart from everything else."""
+def package_folders() -> list:
+    """``[(folder, package)]`` of the packages of ``PACKAGES`` that are installed, longest folder first: where
+    each one's files live (an editable install, a carried ``--target`` folder or a venv's site-packages)."""
+    folders = []
+    for module, package in PACKAGES.items():
+        spec = importlib.util.find_spec(module)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            folders.append((os.path.realpath(folder) + os.sep, package))
+    return sorted(folders, key=lambda fp: -len(fp[0]))
+
+
+def where(filename: str, function: str, folders: list) -> str:
+    """The package a cProfile entry belongs to: the installed package (``folders``) whose folder holds the file;
+    for C++ called from Python ("~"), the autograd engine (backward and grad) apart from everything else."""
     if filename == "~":
         return "autograd engine (C++)" if "run_backward" in function else "C++ calls (ATen ops, builtins)"
-    parts = filename.replace("\\", "/").split("/")
-    for package in PACKAGES:
-        if package in parts:
-            return f"{package} (Python)"
-    return "other Python"
+    path = os.path.realpath(filename)
+    return next((f"{package} (Python)" for folder, package in folders if path.startswith(folder)), "other Python")
 
 
 def profile_steps(step, device, steps: int, top: int) -> dict:
@@ -57,10 +74,10 @@ def profile_steps(step, device, steps: int, top: int) -> dict:
     bench_mace.sync(device)
     profiler.disable()
     profiled_ms = (time.perf_counter() - t0) / steps * 1e3
-    stats = pstats.Stats(profiler).stats  # {(file, line, function): (calls, prim calls, tottime, cumtime, callers)}
-    by_package, functions = {}, []
+    stats = pstats.Stats(profiler).stats  # {(file, line, function): (prim calls, calls, tottime, cumtime, callers)}
+    by_package, functions, folders = {}, [], package_folders()
     for (filename, line, function), (_, calls, own, cumulative, _) in stats.items():
-        package = where(filename, function)
+        package = where(filename, function, folders)
         by_package[package] = by_package.get(package, 0.0) + own / steps
         short_file = "/".join(filename.replace("\\", "/").split("/")[-3:])
         functions.append({"function": f"{short_file}:{line}({function})", "package": package,

@@ -170,10 +170,11 @@ def test_mace_table_compares_ours_with_the_best_peer():
     cells = [c.strip() for c in line.strip("|").split("|")]
     # our own variant (batmobile-graphs) has its columns (wall against the best peer) but is not a peer
     assert "batmobile-graphs vs best peer: wall" in header
-    # then the issue's target: the best of cueq and oeq (oeq out of memory here: cueq alone), the peak against cueq's
+    # then the issue's target: the best of cueq and oeq (oeq out of memory here: cueq alone, and marked so), the
+    # peak against cueq's
     assert "batmobile vs best of cueq, oeq: wall" in header and "batmobile peak vs cueq" in header
     assert cells[5:] == ["30.0 / 20.0 / 3.00", "50.0 / 4.00 / 0.70", "oom", "20.0 / 5.00 / 0.80", "2.00 / 1.00 / –",
-                         "×1.50", "×0.80", "×15.00", "×2.50", "×0.80", "+14.3%"]
+                         "×1.50", "×0.80", "×15.00", "×2.50 (vs cueq)", "×0.80 (vs cueq)", "+14.3%"]
 
 
 def test_mace_table_times_rows_without_an_e3nn_reference():
@@ -183,14 +184,33 @@ def test_mace_table_times_rows_without_an_e3nn_reference():
     unchecked = "ok (unchecked: no e3nn reference)"
     data = {"benchmark": "bench_mace", "rows": [
         {**row, "backend": "e3nn", "status": "oom"},
-        {**row, "backend": "cueq", "status": unchecked, "wall_ms": 300.0, "kernel_ms": 240.0, "peak_memory_bytes": 6e10},
+        {**row, "backend": "cueq", "status": unchecked, "wall_ms": 300.0, "kernel_ms": 240.0,
+         "peak_memory_bytes": 6e10},
         {**row, "backend": "oeq", "status": "failed parity (max rel err 1 > 1e-08)", "wall_ms": 1.0, "kernel_ms": 1.0},
         {**row, "backend": "batmobile", "status": unchecked, "wall_ms": 250.0, "kernel_ms": 200.0,
          "peak_memory_bytes": 5e10}]}
     header, _, line = table.mace_table(data)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[5:] == ["oom", "300 / 240 / 60.00 (parity unchecked)", "failed parity (max rel err 1 > 1e-08)",
-                         "250 / 200 / 50.00 (parity unchecked)", "×1.20", "×1.20", "×1.20", "×1.20", "-16.7%"]
+                         "250 / 200 / 50.00 (parity unchecked)", "×1.20", "×1.20", "×1.20 (vs cueq)",
+                         "×1.20 (vs cueq)", "-16.7%"]
+
+
+def test_mace_table_target_columns_follow_the_peers_that_ran():
+    """Without cueq in the run, no peak column (the target's peak is cueq's); without cueq or oeq, no target
+    columns; both timed: the best of the two, unmarked."""
+    table = _table_module()
+    row = dict(model="medium", atoms=1000, edges=35000, dtype="float32", mode="inference", status="ok")
+    ours = {**row, "backend": "batmobile", "wall_ms": 20.0, "kernel_ms": 5.0, "peak_memory_bytes": 8e8}
+    oeq = {**row, "backend": "oeq", "wall_ms": 30.0, "kernel_ms": 6.0, "peak_memory_bytes": 9e8}
+    cueq = {**row, "backend": "cueq", "wall_ms": 40.0, "kernel_ms": 4.0, "peak_memory_bytes": 1e9}
+    header, _, line = table.mace_table({"rows": [oeq, ours]})
+    assert "batmobile vs best of oeq: wall" in header and "peak vs" not in header
+    assert [c.strip() for c in line.strip("|").split("|")][-2:] == ["×1.50", "×1.20"]
+    header, _, line = table.mace_table({"rows": [{**oeq, "backend": "e3nn"}, ours]})
+    assert "best of" not in header
+    header, _, line = table.mace_table({"rows": [cueq, oeq, ours]})
+    assert [c.strip() for c in line.strip("|").split("|")][-3:] == ["×1.50", "×0.80", "-20.0%"]
 
 
 def test_results_of_other_revisions_name_their_code(tmp_path):

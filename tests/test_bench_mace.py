@@ -59,12 +59,18 @@ def test_top_kernels_sums_by_name():
 
     cuda = bench.DeviceType.CUDA
 
-    def Event(name, us):  # a kernel of the profiled step
+    def kernel(name, us):  # a kernel of the profiled step
         return bench.Event(name, cuda, us)
 
-    events = [Event("gemm", 1000.0), Event("uvu", 3000.0), Event("gemm", 2500.0)]
+    events = [kernel("gemm", 1000.0), kernel("uvu", 3000.0), kernel("gemm", 2500.0)]
     assert bench._top(events) == [["gemm", 3.5, 2], ["uvu", 3.0, 1]]
     assert bench._top(events, count=1) == [["gemm", 3.5, 2]]
+    # kernels named by their mangled symbol are listed demangled, and summed with the same demangled name
+    mangled = bench.torch._C._demangle("_Z6kernelPfi")
+    assert mangled == "kernel(float*, int)"
+    events = [kernel("_Z6kernelPfi", 1000.0), kernel("kernel(float*, int)", 500.0), kernel("x" * 90, 1.0),
+              kernel("x" * 85, 2.0)]
+    assert bench._top(events) == [["kernel(float*, int)", 1.5, 2], ["x" * 80, 0.003, 2]]
 
 
 def test_gpu_work_leaves_out_annotated_ranges():
@@ -74,11 +80,11 @@ def test_gpu_work_leaves_out_annotated_ranges():
     spec.loader.exec_module(bench)
     cuda, cpu = bench.DeviceType.CUDA, bench.DeviceType.CPU
 
-    def Event(name, device_type, is_user_annotation=False):
+    def event(name, device_type, is_user_annotation=False):
         return bench.Event(name, device_type, 1.0, is_user_annotation)
 
-    events = [Event("bm_uvu_fwd", cuda), Event("Optimizer.step#Adam.step", cuda, True), Event("Memcpy HtoD", cuda),
-              Event("multi_tensor_apply_kernel", cuda), Event("aten::mm", cpu), Event("Memset (Device)", cuda)]
+    events = [event("bm_uvu_fwd", cuda), event("Optimizer.step#Adam.step", cuda, True), event("Memcpy HtoD", cuda),
+              event("multi_tensor_apply_kernel", cuda), event("aten::mm", cpu), event("Memset (Device)", cuda)]
     kernels, copies = bench.gpu_work(events)
     assert [e.name for e in kernels] == ["bm_uvu_fwd", "multi_tensor_apply_kernel"]
     assert [e.name for e in copies] == ["Memcpy HtoD", "Memset (Device)"]
@@ -202,15 +208,29 @@ def test_resume_starts_again_on_other_code(tmp_path):
 
 
 def test_resume_drops_the_groups_a_command_left_unfinished():
+    """A group of the command's grid that lacks one of its backends is measured again, whole; groups outside the
+    command's grid stay as they are (another command measures them)."""
     spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
-    def row(atoms, mode, backend):
-        return {"model": "medium", "atoms": atoms, "dtype": "float32", "mode": mode, "backend": backend}
+    def row(model, atoms, mode, backend):
+        return {"model": model, "atoms": atoms, "dtype": "float32", "mode": mode, "backend": backend}
 
-    whole = [row(1000, "inference", b) for b in ("e3nn", "cueq", "oeq", "batmobile")]
-    cut = [row(1000, "train", b) for b in ("e3nn", "cueq")]  # the command stopped inside this group
-    assert bench.whole_groups(whole + cut, ["e3nn", "cueq", "oeq", "batmobile"]) == whole
-    assert bench.whole_groups(whole + cut, ["e3nn", "cueq"]) == whole + cut
-    assert bench.whole_groups([], ["e3nn"]) == []
+    four = ["e3nn", "cueq", "oeq", "batmobile"]
+    whole = [row("medium", 1000, "inference", b) for b in four]
+    cut = [row("medium", 1000, "train", b) for b in ("e3nn", "cueq")]  # the command stopped inside this group
+    elsewhere = [row("small", 1000, "train", "e3nn")]  # cut too, but not in the next command's grid
+
+    def args(models, backends):
+        return bench.parse_args(["--models", models, "--atoms", "1000", "--dtypes", "float32", "--backends",
+                                 ",".join(backends), "--device", "cpu"])
+
+    rows = whole + cut + elsewhere
+    assert bench.whole_groups(rows, args("medium", four)) == whole + elsewhere
+    assert bench.whole_groups(rows, args("medium,small", four)) == whole
+    assert bench.whole_groups(rows, args("medium", ["e3nn", "cueq"])) == rows
+    assert bench.whole_groups(rows, args("large", four)) == rows
+    # a backend added to the command: the groups it lacks are measured again with every backend
+    assert bench.whole_groups(whole, args("medium", four + ["batmobile-fused"])) == []
+    assert bench.whole_groups([], args("medium", four)) == []
