@@ -31,6 +31,7 @@ Usage: python scripts/bench_mace.py [--models small,medium,large] [--atoms 1000,
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import itertools
 import json
@@ -75,6 +76,14 @@ def default_dtype(dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def seconds(label):
+    """Prints ``[seconds] label S`` after the block (where a grid's time goes, beside the rows' ``seconds``)."""
+    start = time.perf_counter()
+    yield
+    print(f"[seconds] {label} {time.perf_counter() - start:.2f}", flush=True)
 
 
 def build_model(hidden_irreps, dtype, device, seed=0):
@@ -260,18 +269,19 @@ def gpu_work(events):
 
 
 def _top(kernels, count=10):
-    """The ``count`` kernels with the most GPU time in the profiled step: ``[name (demangled, 80 chars), ms,
-    launches]``."""
+    """The ``count`` kernels with the most GPU time in the profiled step: ``[name, ms, launches]``, summed by the
+    demangled name's first 80 characters (as torch.profiler's tables name them)."""
     by_name = {}
     for e in kernels:
-        total, n = by_name.get(e.name, (0.0, 0))
-        by_name[e.name] = (total + e.us / 1e3, n + 1)
-    summed = {}  # by the demangled name's first 80 characters, as torch.profiler's tables name them
-    for name, (ms, n) in by_name.items():
-        short_name = (torch._C._demangle(name) if len(name) > 1 else name)[:80]
-        total, launches = summed.get(short_name, (0.0, 0))
-        summed[short_name] = (total + ms, launches + n)
-    return [[name, round(ms, 4), n] for name, (ms, n) in sorted(summed.items(), key=lambda kv: -kv[1][0])[:count]]
+        name = _kernel_name(e.name)
+        total, n = by_name.get(name, (0.0, 0))
+        by_name[name] = (total + e.us / 1e3, n + 1)
+    return [[name, round(ms, 4), n] for name, (ms, n) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:count]]
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_name(name: str) -> str:
+    return (torch._C._demangle(name) if len(name) > 1 else name)[:80]  # (one letter: a type code, kept)
 
 
 def errors(got, ref):
@@ -513,38 +523,31 @@ def main(argv=None):
         if all((model_name, n, dtype_name, m, b) in done
                for n, m, b in itertools.product(args.atoms, args.modes, args.backends)):
             continue  # every row of this model and dtype is in the resumed file
-        t_models = time.perf_counter()
-        base = build_model(ARCHS[model_name], DTYPES[dtype_name], device)
         models, notes = {}, {}  # the inference models, built once per architecture and dtype (or why not)
-        for backend in args.backends:
-            t_model = time.perf_counter()
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    models[backend] = make_backend(backend, base, device)
-                notes[backend] = caught_notes(caught)
-            except Absent as exc:
-                models[backend] = str(exc)
-            except Exception as exc:  # noqa: BLE001  (a conversion that fails is a row, not a crash)
-                models[backend] = f"error building: {short(exc)}"
-            print(f"[seconds] {model_name} {dtype_name}: {backend} model {time.perf_counter() - t_model:.2f}",
-                  flush=True)
-        print(f"[seconds] {model_name} {dtype_name}: models {time.perf_counter() - t_models:.2f}", flush=True)
+        with seconds(f"{model_name} {dtype_name}: models"):
+            base = build_model(ARCHS[model_name], DTYPES[dtype_name], device)
+            for backend in args.backends:
+                with seconds(f"{model_name} {dtype_name}: {backend} model"):
+                    try:
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            models[backend] = make_backend(backend, base, device)
+                        notes[backend] = caught_notes(caught)
+                    except Absent as exc:
+                        models[backend] = str(exc)
+                    except Exception as exc:  # noqa: BLE001  (a conversion that fails is a row, not a crash)
+                        models[backend] = f"error building: {short(exc)}"
         for n_atoms in args.atoms:
             if all((model_name, n_atoms, dtype_name, m, b) in done for m in args.modes for b in args.backends):
                 continue
-            t_batch = time.perf_counter()
-            batch = build_batch(n_atoms, DTYPES[dtype_name], device)
+            with seconds(f"{model_name} {dtype_name}: batch of {n_atoms} atoms"):
+                batch = build_batch(n_atoms, DTYPES[dtype_name], device)
             edges = int(batch["edge_index"].shape[1])
-            print(f"[seconds] {model_name} {dtype_name}: batch of {n_atoms} atoms {time.perf_counter() - t_batch:.2f}",
-                  flush=True)
             for mode in args.modes:
                 if all((model_name, n_atoms, dtype_name, mode, b) in done for b in args.backends):
                     continue
-                t_ref = time.perf_counter()
-                ref = reference(mode, base, batch, device)
-                print(f"[seconds] {model_name} {n_atoms} {dtype_name} {mode}: e3nn reference "
-                      f"{time.perf_counter() - t_ref:.2f}", flush=True)
+                with seconds(f"{model_name} {n_atoms} {dtype_name} {mode}: e3nn reference"):
+                    ref = reference(mode, base, batch, device)
                 for backend in args.backends:
                     if (model_name, n_atoms, dtype_name, mode, backend) in done:
                         continue

@@ -67,6 +67,11 @@ def _pairing_saves_memory(block: torch.nn.Module) -> bool:
     return isinstance(radial, FullyConnectedNet) and block.conv_tp.weight_numel > radial.hs[-2]
 
 
+def _has_conv_and_radial(block: torch.nn.Module) -> bool:
+    """Whether ``block`` is an interaction block with a convolution and a radial MLP (mace's names)."""
+    return hasattr(block, "conv_tp") and hasattr(block, "conv_tp_weights")
+
+
 def pair(block: torch.nn.Module) -> None:
     """The radial MLP of ``block`` defers its last layer to the block's convolution (see above)."""
     _pairing.link(block.conv_tp_weights, block.conv_tp)
@@ -87,7 +92,7 @@ def defuse(model: torch.nn.Module) -> None:
     submodules are the fused modules' own, with current values)."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if hasattr(child, "conv_tp") and hasattr(child, "conv_tp_weights"):
+            if _has_conv_and_radial(child):
                 unpair(child)
             block = getattr(child, BLOCK, None) if isinstance(child, FusedInteraction) else None
             if block is not None:
@@ -101,6 +106,6 @@ def fused_mode(model: torch.nn.Module):
     modules = list(model.modules())
     if any(isinstance(m, FusedInteraction) and hasattr(m, BLOCK) for m in modules):
         return True
-    if any(hasattr(m, "conv_tp") and hasattr(m, "conv_tp_weights") and paired(m) for m in modules):
+    if any(_has_conv_and_radial(m) and paired(m) for m in modules):
         return "auto"
     return False
