@@ -6,7 +6,7 @@ Reads ``manifest.json`` and each benchmark's ``NAME.json`` in the folder and pri
 line (device, versions, git revision) and a table: for ``bench_ops`` one row per op, edges and dtype with our
 time, each baseline's time and our speedup over it; for ``bench_mace`` one row per model, atoms, dtype and mode
 with each backend's wall ms, kernel ms and peak memory, ours against the best other backend, and ours against
-issue #5's target (the best of cueq and oeq in wall and kernel time, "(vs oeq)" where only that one timed; our
+issue #5's target (the best of cueq and oeq in wall and kernel time, marked "(vs cueq)" where only that one timed; our
 peak against cueq's in percent); for any other benchmark its rows with whatever fields they have.
 With ``--png-dir`` the plots are copied there (a folder kept in git, unlike ``results/``) and linked from
 there; otherwise they are linked in the results folder. With ``--readme`` the text between the

@@ -16,6 +16,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_mace.py"
 
 
+def _bench_module():
+    """scripts/bench_mace.py as a module, loaded afresh (each test may monkeypatch its own)."""
+    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_bench_mace_quick(tmp_path):
     out = tmp_path / "bench_mace.json"
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS="1")
@@ -53,9 +61,7 @@ def test_bench_mace_quick(tmp_path):
 
 
 def test_top_kernels_sums_by_name():
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
 
     cuda = bench.DeviceType.CUDA
 
@@ -75,9 +81,7 @@ def test_top_kernels_sums_by_name():
 
 def test_gpu_work_leaves_out_annotated_ranges():
     """An annotated range's GPU-side span (the optimizer step's) is not a kernel: its kernels count on their own."""
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     cuda, cpu = bench.DeviceType.CUDA, bench.DeviceType.CPU
 
     def event(name, device_type, is_user_annotation=False):
@@ -94,9 +98,7 @@ def test_gpu_work_leaves_out_annotated_ranges():
 def test_profiled_events_are_those_of_torch_profiler(device):
     """``profiled_events`` reads the kineto results directly (``prof.events()`` takes seconds a training step): the
     same events, names (demangled in ``_top``), devices and durations as torch.profiler's own FunctionEvents."""
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     torch, activities = bench.torch, [bench.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(bench.ProfilerActivity.CUDA)
@@ -130,9 +132,7 @@ def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
     """An allocation failure, also re-raised by TorchScript's interpreter as a RuntimeError (e3nn's reference at
     MACE-MP-large, 19,683 atoms, float64 on an H200 ended the whole run that way), gives no reference and an "oom"
     row; other errors still raise from the reference and are rows with their message."""
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     scripted = RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of "
                             "TorchScript (most recent call last):\nRuntimeError: CUDA out of memory. Tried to allocate "
                             "22.94 GiB.")
@@ -157,9 +157,7 @@ def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
 def test_versions_name_the_first_install_on_the_path(tmp_path, monkeypatch):
     """With two installs of a library (the GPU machine's own e3nn and the carried one), the version recorded
     is the one that imports: the first on sys.path."""
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     for folder, version in (("first", "9.9.1"), ("second", "9.9.2")):
         info = tmp_path / folder / f"e3nn-{version}.dist-info"
         info.mkdir(parents=True)
@@ -190,9 +188,7 @@ def test_resume_measures_only_the_missing_rows(tmp_path):
 
 
 def test_resume_starts_again_on_other_code(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
     env = {"device": "cpu (1 threads)", "versions": {"torch": "x"}, "source_digest": "abc"}
     out = tmp_path / "bench_mace.json"
     row = {"model": "quick", "atoms": 27, "dtype": "float64", "mode": "train", "backend": "e3nn"}
@@ -210,9 +206,7 @@ def test_resume_starts_again_on_other_code(tmp_path):
 def test_resume_drops_the_groups_a_command_left_unfinished():
     """A group of the command's grid that lacks one of its backends is measured again, whole; groups outside the
     command's grid stay as they are (another command measures them)."""
-    spec = importlib.util.spec_from_file_location("bench_mace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module()
 
     def row(model, atoms, mode, backend):
         return {"model": model, "atoms": atoms, "dtype": "float32", "mode": mode, "backend": backend}
